@@ -1,0 +1,1 @@
+//! Users, organisations, teams, robot accounts and repository permissions.

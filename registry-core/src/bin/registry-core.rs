@@ -1,0 +1,145 @@
+//! The `registry-core` binary: serve the registry, check a config, administer accounts.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use registry_core::config::Config;
+use registry_core::state::AppState;
+
+/// Quarry's OCI registry.
+#[derive(Debug, Parser)]
+#[command(name = "registry-core", version)]
+struct Cli {
+    /// Quay-style YAML configuration file (defaults apply to every missing key).
+    #[arg(long, global = true, env = "REGISTRY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Override DATA_DIR: the directory holding the database, blobs and signing key.
+    #[arg(long, global = true, env = "REGISTRY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the registry.
+    Serve {
+        /// Override LISTEN_ADDR (port 0 picks a free port; the bound address is printed).
+        #[arg(long, env = "REGISTRY_LISTEN")]
+        listen: Option<String>,
+        /// Override SERVER_HOSTNAME.
+        #[arg(long, env = "REGISTRY_SERVER_HOSTNAME")]
+        server_hostname: Option<String>,
+    },
+    /// Validate the configuration and exit.
+    CheckConfig,
+}
+
+/// Exit codes: 1 = runtime failure, 2 = bad configuration (clap also uses 2 for bad arguments).
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = match &cli.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(d) = &cli.data_dir {
+        config.data_dir = d.clone();
+    }
+    if let Command::Serve {
+        listen,
+        server_hostname,
+    } = &cli.command
+    {
+        if let Some(l) = listen {
+            config.listen_addr = l.clone();
+        }
+        if let Some(h) = server_hostname {
+            config.server_hostname = h.clone();
+        }
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("registry_core=info,tower_http=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutdown signal received, draining connections");
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listen = config.listen_addr.clone();
+    let state = AppState::open(config).context("opening the registry state")?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line (stdout) to learn the port when LISTEN_ADDR ends in :0.
+    println!("registry-core listening on http://{addr}");
+    tracing::info!(%addr, data_dir = ?state.config.data_dir, "registry-core started");
+    registry_core::serve(state, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn print_chain(e: &anyhow::Error) {
+    eprintln!("error: {e}");
+    for cause in e.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    let config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            print_chain(&e);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let result = match cli.command {
+        Command::CheckConfig => {
+            println!("configuration is valid");
+            Ok(())
+        }
+        Command::Serve { .. } => tokio::runtime::Runtime::new()
+            .context("starting the async runtime")
+            .and_then(|rt| rt.block_on(serve(config))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            print_chain(&e);
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
