@@ -59,23 +59,27 @@ struct ErrorEntry<'a> {
     detail: Option<&'a serde_json::Value>,
 }
 
+/// The parts of a spec error (boxed inside [`ApiError`] so results stay small).
+#[derive(Debug)]
+pub struct SpecError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Spec code.
+    pub code: ErrorCode,
+    /// Human-readable message naming what was wrong.
+    pub message: String,
+    /// Structured detail.
+    pub detail: Option<serde_json::Value>,
+    /// Extra headers (`WWW-Authenticate`, `Range`, `Location`).
+    pub headers: HeaderMap,
+}
+
 /// An error answered to a distribution API client.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// A spec error: status, code, message, optional detail and extra headers.
-    #[error("{message}")]
-    Spec {
-        /// HTTP status.
-        status: StatusCode,
-        /// Spec code.
-        code: ErrorCode,
-        /// Human-readable message naming what was wrong.
-        message: String,
-        /// Structured detail.
-        detail: Option<serde_json::Value>,
-        /// Extra headers (`WWW-Authenticate`, `Range`, `Location`).
-        headers: HeaderMap,
-    },
+    #[error("{}", .0.message)]
+    Spec(Box<SpecError>),
     /// A server-side failure; answered as 500 with no detail, logged with its cause chain.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -84,27 +88,27 @@ pub enum ApiError {
 impl ApiError {
     /// A spec error with no detail.
     pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
-        ApiError::Spec {
+        ApiError::Spec(Box::new(SpecError {
             status,
             code,
             message: message.into(),
             detail: None,
             headers: HeaderMap::new(),
-        }
+        }))
     }
 
     /// Add structured detail.
     pub fn with_detail(mut self, value: serde_json::Value) -> ApiError {
-        if let ApiError::Spec { detail, .. } = &mut self {
-            *detail = Some(value);
+        if let ApiError::Spec(spec) = &mut self {
+            spec.detail = Some(value);
         }
         self
     }
 
     /// Add a response header (ignored on `Internal`; values that are not valid headers are dropped).
     pub fn with_header(mut self, name: HeaderName, value: &str) -> ApiError {
-        if let (ApiError::Spec { headers, .. }, Ok(v)) = (&mut self, HeaderValue::from_str(value)) {
-            headers.append(name, v);
+        if let (ApiError::Spec(spec), Ok(v)) = (&mut self, HeaderValue::from_str(value)) {
+            spec.headers.append(name, v);
         }
         self
     }
@@ -117,7 +121,7 @@ impl ApiError {
     /// The HTTP status this error answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Spec { status, .. } => *status,
+            ApiError::Spec(spec) => spec.status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -125,7 +129,7 @@ impl ApiError {
     /// The spec code, when there is one.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            ApiError::Spec { code, .. } => Some(*code),
+            ApiError::Spec(spec) => Some(spec.code),
             ApiError::Internal(_) => None,
         }
     }
@@ -164,13 +168,14 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
-            ApiError::Spec {
-                status,
-                code,
-                message,
-                detail,
-                headers,
-            } => {
+            ApiError::Spec(spec) => {
+                let SpecError {
+                    status,
+                    code,
+                    message,
+                    detail,
+                    headers,
+                } = *spec;
                 let body = ErrorBody {
                     errors: [ErrorEntry {
                         code,

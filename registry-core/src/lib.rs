@@ -19,12 +19,15 @@
 #![forbid(unsafe_code)]
 
 pub mod accounts;
+pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod digest;
 pub mod error;
+pub mod manifest;
 pub mod names;
 pub mod repos;
 pub mod state;

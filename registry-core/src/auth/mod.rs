@@ -6,6 +6,7 @@
 //! it may do, and retries with `Authorization: Bearer <token>`. Anonymous calls may pull public
 //! repositories when `FEATURE_ANONYMOUS_ACCESS` is on; nothing else works without credentials.
 
+pub mod endpoint;
 pub mod token;
 
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
@@ -85,9 +86,10 @@ pub fn base_challenge(state: &AppState) -> String {
 /// Check that the caller may perform `action` on `repo`.
 ///
 /// - a valid bearer token whose `access` lists the repository with the action (or `*`): allowed;
-/// - a valid token that lists the repository without the action: `403 DENIED`;
-/// - no token, or a token that does not mention the repository: `401` with a challenge naming the
-///   scope to ask for, except that anonymous pulls of public repositories are allowed.
+/// - a valid token without the action, for an account that may not perform it now: `403 DENIED`;
+/// - no token, or a token that does not grant an action the account may perform: `401` with a
+///   challenge naming the scope to ask for, except that anonymous pulls of public repositories are
+///   allowed.
 pub async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
@@ -121,12 +123,26 @@ pub async fn authorize(
                 Ok(Grant {
                     subject: (!claims.sub.is_empty()).then_some(claims.sub),
                 })
-            } else {
+            } else if account_lacks(state, &claims.sub, repo, action).await? {
+                // The account itself may not do this: 403 DENIED, so clients say "denied"
+                // rather than asking for credentials again.
                 Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     ErrorCode::Denied,
                     format!(
-                        "requested access to the resource is denied: {wanted} on {repo} is not granted"
+                        "requested access to the resource is denied: {} may not {wanted} on {repo}",
+                        claims.sub
+                    ),
+                ))
+            } else {
+                // The account may, but this token was not issued for it (say a pull,push token
+                // before a DELETE): 401 `insufficient_scope`, as distribution and Quay answer, with
+                // a challenge naming the scope to ask /v2/auth for.
+                Err(unauthorized(
+                    &challenge(state, repo, action, Some("insufficient_scope")),
+                    &format!(
+                        "the token does not grant {wanted} on {repo}; request scope repository:{repo}:{} at /v2/auth",
+                        action.scope_actions()
                     ),
                 ))
             }
@@ -144,4 +160,30 @@ pub async fn authorize(
             ))
         }
     }
+}
+
+/// Whether the token's subject (empty = anonymous) lacks the permission for `action` on `repo`.
+/// Only called on the refusal path, so the database lookup costs nothing on allowed calls.
+async fn account_lacks(
+    state: &AppState,
+    subject: &str,
+    repo: &RepoName,
+    action: Action,
+) -> Result<bool, ApiError> {
+    let (subject, repo) = (subject.to_owned(), repo.clone());
+    let super_users = state.config.super_users.clone();
+    let wanted = vec![action.scope_name().to_owned()];
+    state
+        .db
+        .read(move |conn| {
+            let who = if subject.is_empty() {
+                None
+            } else {
+                crate::accounts::find(conn, &subject)?
+            };
+            endpoint::allowed_actions(conn, who.as_ref(), &super_users, &repo, &wanted)
+                .map(|granted| granted.is_empty())
+        })
+        .await
+        .map_err(ApiError::internal)
 }

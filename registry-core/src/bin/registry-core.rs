@@ -1,44 +1,12 @@
 //! The `registry-core` binary: serve the registry, check a config, administer accounts.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::Parser as _;
+use registry_core::cli::{Cli, Command};
 use registry_core::config::Config;
 use registry_core::state::AppState;
-
-/// Quarry's OCI registry.
-#[derive(Debug, Parser)]
-#[command(name = "registry-core", version)]
-struct Cli {
-    /// Quay-style YAML configuration file (defaults apply to every missing key).
-    #[arg(long, global = true, env = "REGISTRY_CONFIG")]
-    config: Option<PathBuf>,
-    /// Override DATA_DIR: the directory holding the database, blobs and signing key.
-    #[arg(long, global = true, env = "REGISTRY_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Log format.
-    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Serve the registry.
-    Serve {
-        /// Override LISTEN_ADDR (port 0 picks a free port; the bound address is printed).
-        #[arg(long, env = "REGISTRY_LISTEN")]
-        listen: Option<String>,
-        /// Override SERVER_HOSTNAME.
-        #[arg(long, env = "REGISTRY_SERVER_HOSTNAME")]
-        server_hostname: Option<String>,
-    },
-    /// Validate the configuration and exit.
-    CheckConfig,
-}
 
 /// Exit codes: 1 = runtime failure, 2 = bad configuration (clap also uses 2 for bad arguments).
 const EXIT_RUNTIME: u8 = 1;
@@ -109,6 +77,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn admin(config: &Config, command: &registry_core::cli::AdminCommand) -> anyhow::Result<()> {
+    let io = registry_core::admin::AdminIo {
+        password_env: std::env::var(registry_core::admin::PASSWORD_ENV).ok(),
+        stdin: &mut std::io::stdin().lock(),
+        stdout: &mut std::io::stdout().lock(),
+    };
+    Ok(registry_core::admin::run(config, command, io)?)
+}
+
 fn print_chain(e: &anyhow::Error) {
     eprintln!("error: {e}");
     for cause in e.chain().skip(1) {
@@ -134,6 +111,7 @@ fn main() -> ExitCode {
         Command::Serve { .. } => tokio::runtime::Runtime::new()
             .context("starting the async runtime")
             .and_then(|rt| rt.block_on(serve(config))),
+        Command::Admin { command } => admin(&config, &command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,221 @@
+//! Parsing the tail of a `/v2/<name>/<kind>` path.
+//!
+//! axum cannot match a name containing `/` followed by fixed suffixes, so `/v2/{*rest}` catches
+//! everything and this module splits `rest` from the end: digests, tags and upload ids never
+//! contain `/`, so the last one or two segments decide the kind and everything before them is the
+//! repository name. A name may itself contain `blobs` or `manifests` components.
+
+use http::StatusCode;
+
+use crate::digest::Digest;
+use crate::error::{ApiError, ErrorCode};
+use crate::names::{Reference, RepoName};
+
+/// What a `/v2/<name>/...` path addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `blobs/<digest>`
+    Blob(Digest),
+    /// `blobs/uploads/`
+    UploadStart,
+    /// `blobs/uploads/<uuid>`
+    Upload(uuid::Uuid),
+    /// `manifests/<tag or digest>`
+    Manifest(Reference),
+    /// `tags/list`
+    TagsList,
+    /// `referrers/<digest>`
+    Referrers(Digest),
+}
+
+/// A parsed `/v2/` path: the repository and what in it is addressed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Target {
+    pub(crate) name: RepoName,
+    pub(crate) kind: Kind,
+}
+
+fn not_found(rest: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::Unsupported,
+        format!("no distribution API endpoint at /v2/{rest}"),
+    )
+}
+
+fn name(raw: &str) -> Result<RepoName, ApiError> {
+    raw.parse().map_err(|e: crate::names::NameError| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::NameInvalid,
+            e.to_string(),
+        )
+    })
+}
+
+fn digest(raw: &str) -> Result<Digest, ApiError> {
+    raw.parse().map_err(|e: crate::digest::DigestError| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::DigestInvalid,
+            e.to_string(),
+        )
+    })
+}
+
+/// Split `rest` (the path after `/v2/`) into a [`Target`].
+///
+/// Unknown shapes (including `auth`, which belongs to the token endpoint) are 404; a known shape
+/// with an invalid name is 400 NAME_INVALID, with an invalid digest 400 DIGEST_INVALID, with an
+/// invalid tag 400 MANIFEST_INVALID, with a malformed upload id 404 BLOB_UPLOAD_UNKNOWN.
+pub(crate) fn parse(rest: &str) -> Result<Target, ApiError> {
+    let (head, last) = rest.rsplit_once('/').ok_or_else(|| not_found(rest))?;
+    // `.../blobs/uploads/` (trailing slash, the spec's form) and `.../blobs/uploads`
+    if last.is_empty() || last == "uploads" {
+        let base = if last.is_empty() { head } else { rest };
+        if let Some(n) = base.strip_suffix("/blobs/uploads") {
+            return Ok(Target {
+                name: name(n)?,
+                kind: Kind::UploadStart,
+            });
+        }
+        if last.is_empty() {
+            return Err(not_found(rest));
+        }
+    }
+    let (base, section) = head.rsplit_once('/').ok_or_else(|| not_found(rest))?;
+    let kind = match (section, last) {
+        ("tags", "list") => Kind::TagsList,
+        ("uploads", id) if base.ends_with("/blobs") => {
+            let n = base.strip_suffix("/blobs").unwrap_or(base);
+            let uuid = uuid::Uuid::parse_str(id).map_err(|_| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    ErrorCode::BlobUploadUnknown,
+                    format!("upload {id:?} is unknown"),
+                )
+            })?;
+            return Ok(Target {
+                name: name(n)?,
+                kind: Kind::Upload(uuid),
+            });
+        }
+        ("blobs", d) => Kind::Blob(digest(d)?),
+        ("referrers", d) => Kind::Referrers(digest(d)?),
+        ("manifests", r) => {
+            let reference = r.parse().map_err(|e: crate::names::NameError| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::ManifestInvalid,
+                    e.to_string(),
+                )
+            })?;
+            Kind::Manifest(reference)
+        }
+        _ => return Err(not_found(rest)),
+    };
+    Ok(Target {
+        name: name(base)?,
+        kind,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    fn ok(rest: &str) -> (String, Kind) {
+        let t = parse(rest).unwrap_or_else(|e| panic!("{rest}: {e}"));
+        (t.name.to_string(), t.kind)
+    }
+
+    fn code(rest: &str) -> (StatusCode, Option<ErrorCode>) {
+        let e = parse(rest).unwrap_err();
+        (e.status(), e.code())
+    }
+
+    #[test]
+    fn parses_every_kind() {
+        let d: Digest = D.parse().unwrap();
+        let u = uuid::Uuid::new_v4();
+        assert_eq!(
+            ok(&format!("a/b/blobs/{D}")),
+            ("a/b".into(), Kind::Blob(d.clone()))
+        );
+        assert_eq!(ok("a/b/blobs/uploads/"), ("a/b".into(), Kind::UploadStart));
+        assert_eq!(ok("a/b/blobs/uploads"), ("a/b".into(), Kind::UploadStart));
+        assert_eq!(
+            ok(&format!("a/b/blobs/uploads/{u}")),
+            ("a/b".into(), Kind::Upload(u))
+        );
+        assert_eq!(ok("a/b/c/tags/list"), ("a/b/c".into(), Kind::TagsList));
+        assert_eq!(
+            ok(&format!("a/b/referrers/{D}")),
+            ("a/b".into(), Kind::Referrers(d.clone()))
+        );
+        assert_eq!(
+            ok("a/b/manifests/v1.0"),
+            (
+                "a/b".into(),
+                Kind::Manifest(Reference::Tag("v1.0".parse().unwrap()))
+            )
+        );
+        assert_eq!(
+            ok(&format!("a/b/manifests/{D}")),
+            ("a/b".into(), Kind::Manifest(Reference::Digest(d)))
+        );
+    }
+
+    #[test]
+    fn names_may_contain_kind_words() {
+        assert_eq!(ok("ns/blobs/manifests/latest").0, "ns/blobs");
+        assert_eq!(ok("ns/manifests/blobs/uploads/").0, "ns/manifests");
+        assert_eq!(ok("ns/tags/tags/list").0, "ns/tags");
+        assert_eq!(ok(&format!("ns/uploads/blobs/{D}")).0, "ns/uploads");
+    }
+
+    #[test]
+    fn refuses_bad_parts_with_the_right_code() {
+        assert_eq!(
+            code("Bad/Name/tags/list"),
+            (StatusCode::BAD_REQUEST, Some(ErrorCode::NameInvalid))
+        );
+        assert_eq!(
+            code("nonamespace/tags/list"),
+            (StatusCode::BAD_REQUEST, Some(ErrorCode::NameInvalid))
+        );
+        assert_eq!(
+            code("a/b/blobs/sha256:xyz"),
+            (StatusCode::BAD_REQUEST, Some(ErrorCode::DigestInvalid))
+        );
+        assert_eq!(
+            code("a/b/referrers/nope"),
+            (StatusCode::BAD_REQUEST, Some(ErrorCode::DigestInvalid))
+        );
+        assert_eq!(
+            code("a/b/manifests/-bad"),
+            (StatusCode::BAD_REQUEST, Some(ErrorCode::ManifestInvalid))
+        );
+        assert_eq!(
+            code("a/b/blobs/uploads/not-a-uuid"),
+            (StatusCode::NOT_FOUND, Some(ErrorCode::BlobUploadUnknown))
+        );
+    }
+
+    #[test]
+    fn unknown_shapes_and_the_token_endpoint_are_not_ours() {
+        for rest in [
+            "auth",
+            "auth/",
+            "a/b",
+            "a/b/",
+            "a/b/whatever/x",
+            "_catalog",
+            "a/b/tags/x",
+        ] {
+            assert_eq!(code(rest).0, StatusCode::NOT_FOUND, "{rest}");
+        }
+    }
+}
