@@ -262,6 +262,13 @@ impl UploadFile {
                 std::fs::create_dir_all(parent).map_err(io_err("create blob directory", parent))?;
             }
             std::fs::rename(&self.path, &dest).map_err(io_err("rename upload into", &dest))?;
+            // Make the rename itself durable before the caller inserts the blob row, so that a
+            // power loss cannot keep the row and lose the file.
+            if let Some(parent) = dest.parent() {
+                std::fs::File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_err("fsync blob directory", parent))?;
+            }
             Ok(self.guard)
         })
         .await?

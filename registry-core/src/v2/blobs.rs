@@ -114,6 +114,15 @@ pub(super) async fn get(
 ) -> Result<Response, ApiError> {
     authorize(state, headers, name, Action::Pull).await?;
     let size = linked_size(state, name, digest).await?;
+    // Open the file before answering, HEAD included: a row whose file is gone (lost in a power
+    // failure, removed by hand) must be unknown to HEAD as it is to GET, or a client that checks
+    // with HEAD skips the upload and pushes a manifest whose blob can never be pulled.
+    let path = state.blobs.blob_path(digest);
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(blob_unknown(digest)),
+        Err(e) => return Err(ApiError::internal(e)),
+    };
     let range = byte_range(headers.get(RANGE).and_then(|v| v.to_str().ok()), size);
     let digest_s = digest.to_string();
     let etag = format!("\"{digest}\"");
@@ -148,13 +157,6 @@ pub(super) async fn get(
     if head {
         return respond(status, &hdrs, Body::empty());
     }
-    let path = state.blobs.blob_path(digest);
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        // The row exists but the file does not: treat as unknown rather than failing the pull.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(blob_unknown(digest)),
-        Err(e) => return Err(ApiError::internal(e)),
-    };
     if start > 0 {
         file.seek(std::io::SeekFrom::Start(start)).await?;
     }
@@ -260,6 +262,26 @@ mod tests {
         let r = ranged("bytes=1000-").await;
         assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE);
         assert_eq!(r.header("content-range"), Some("bytes */1000"));
+    }
+
+    #[tokio::test]
+    async fn head_of_a_blob_whose_file_is_lost_is_blob_unknown_like_get() {
+        // Regression: HEAD answered 200 from the database row alone, so a client that probes with
+        // HEAD skipped the upload and pushed a manifest whose layer GET then answers 404.
+        let h = Harness::new().await;
+        let d = h.push_blob("acme/app", b"layer").await;
+        std::fs::remove_file(h.state.blobs.blob_path(&d)).unwrap();
+        let uri = format!("/v2/acme/app/blobs/{d}");
+        let r = h.get(&uri).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        let r = h
+            .send(
+                h.authed("HEAD", &uri, &["pull"])
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]

@@ -188,7 +188,10 @@ async fn monolithic(
     let repo = super::repo_for_push(state, name, grant).await?;
     let uuid = uuid::Uuid::new_v4();
     let path = state.blobs.upload_path(&uuid);
-    let file = UploadFile::open(path, 0, Hasher::new(digest.algorithm()), None)
+    // No session row names this file, so the orphan sweep would take it for abandoned once its
+    // mtime is old (a stalled client); holding the uuid's lock makes the sweep skip it.
+    let guard = state.blobs.lock_upload(uuid).await;
+    let file = UploadFile::open(path, 0, Hasher::new(digest.algorithm()), Some(guard))
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(|| upload_unknown(uuid))?;

@@ -502,3 +502,58 @@ async fn uploads_need_push() {
             .contains("scope=\"repository:acme/app:pull,push\"")
     );
 }
+
+#[tokio::test]
+async fn cleanup_spares_a_monolithic_upload_in_flight() {
+    use bytes::Bytes;
+    // Regression: a monolithic `POST ?digest=` has no session row and held no lock, so the orphan
+    // sweep deleted its file once the mtime looked old (a stalled client) and the final rename
+    // failed with a 500.
+    let h = Harness::with_config(|c| c.upload_max_age_s = 3600).await;
+    let (first, rest) = (b"slow monolithic ".as_slice(), b"upload".as_slice());
+    let d = sha256(&[first, rest].concat());
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    let body = futures_util::stream::unfold(rx, |mut rx| async {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let request = h
+        .authed(
+            "POST",
+            &format!("/v2/acme/app/blobs/uploads/?digest={d}"),
+            &[],
+        )
+        .body(Body::from_stream(body))
+        .unwrap();
+    let app = crate::router(h.state.clone());
+    let pending = tokio::spawn(tower::ServiceExt::oneshot(app, request));
+    tx.send(Ok(Bytes::from_static(first))).await.unwrap();
+    let dir = h.state.blobs.uploads_dir();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let file = loop {
+        if let Some(e) = std::fs::read_dir(&dir).unwrap().next() {
+            break e.unwrap().path();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "upload file never appeared"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let report = crate::storage::cleanup::sweep(&h.state, std::time::SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(report.orphan_files, 0);
+    assert!(file.exists());
+    tx.send(Ok(Bytes::from_static(rest))).await.unwrap();
+    drop(tx);
+    let resp = pending.await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(blob(&h, &d).await.body.as_ref(), b"slow monolithic upload");
+}
