@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# The README's test command and CI's entry point (.ci/run execs it): install what is missing, then
+# run every test tier, each test exactly once, stopping at the first failing tier.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+Usage: scripts/test.sh [--no-install] [--tier NAME]... [--help]
+
+Runs the test tiers in order, printing each tier's wall time and a summary table, and stops at
+the first failing tier (exit 1, naming it):
+
+  lint          scripts/lint.sh: rustfmt check, clippy -D warnings, rustdoc -D warnings, shellcheck
+  unit          cargo test --lib --bins, then --doc: in-file unit and component tests, doctests
+  integration   cargo test --test '*': tests/*.rs, e.g. registry-core's conformance suite and
+                crash tests against the live binary on 127.0.0.1
+  heavy         cargo test --tests -- --ignored: only the #[ignore]d tests (real skopeo, podman,
+                buildah clients)
+
+  --no-install  do not run scripts/install-deps.sh first
+  --tier NAME   run only this tier (repeatable); the order above is kept
+  --help        show this help
+
+Environment: CARGO_TARGET_DIR (default target/), QUARRY_STEP_TIMEOUT (seconds one cargo
+command may take, default 1800), and anything cargo test honours (RUST_TEST_THREADS, ...).
+EOF
+}
+
+ALL_TIERS=(lint unit integration heavy)
+declare -A TIER_LABEL=(
+    [lint]="lint"
+    [unit]="unit+component"
+    [integration]="conformance+integration"
+    [heavy]="heavy"
+)
+
+INSTALL=1
+selected=()
+while (($# > 0)); do
+    case "$1" in
+        --no-install) INSTALL=0 ;;
+        --tier)
+            [[ $# -ge 2 && -n "${TIER_LABEL[$2]+x}" ]] || {
+                echo "test: --tier needs one of: ${ALL_TIERS[*]}" >&2
+                exit 2
+            }
+            selected+=("$2")
+            shift
+            ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "test: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+TIMEOUT="${QUARRY_STEP_TIMEOUT:-1800}"
+CARGO_TEST=(cargo test --workspace --locked)
+
+# One command of a tier, bounded so that a hung test cannot hang CI. timeout signals the whole
+# process group it creates, so cargo and the test binaries go together.
+run() {
+    echo "==> $*"
+    timeout --kill-after=30 "$TIMEOUT" "$@"
+}
+
+tier_lint() { run scripts/lint.sh; }
+
+tier_unit() {
+    # --doc cannot be combined with other target selections, hence two runs.
+    run "${CARGO_TEST[@]}" --lib --bins
+    run "${CARGO_TEST[@]}" --doc
+}
+
+# Integration test targets only (the lib and bin unit tests ran in tier "unit").
+tier_integration() { run "${CARGO_TEST[@]}" --test '*'; }
+
+tier_heavy() {
+    local tool
+    for tool in skopeo podman buildah; do
+        command -v "$tool" >/dev/null || {
+            echo "test: heavy tier needs $tool on PATH (scripts/install-deps.sh installs it)" >&2
+            return 1
+        }
+    done
+    # --tests = lib, bins and integration tests; -- --ignored runs only the ignored ones there.
+    run "${CARGO_TEST[@]}" --tests -- --ignored
+}
+
+now_ms() { echo $((${EPOCHREALTIME/./} / 1000)); }
+fmt_ms() { printf '%d:%02d.%d' $(($1 / 60000)) $(($1 / 1000 % 60)) $(($1 / 100 % 10)); }
+
+declare -A STATUS=() ELAPSED=()
+summary() {
+    echo
+    printf '%-26s %-9s %10s\n' "tier" "result" "wall time"
+    printf '%-26s %-9s %10s\n' "--------------------------" "---------" "----------"
+    local t
+    for t in "${ALL_TIERS[@]}"; do
+        printf '%-26s %-9s %10s\n' "${TIER_LABEL[$t]}" "${STATUS[$t]:-skipped}" "${ELAPSED[$t]:--}"
+    done
+    printf '%-26s %-9s %10s\n' "total" "" "$(fmt_ms $(($(now_ms) - START)))"
+}
+
+START="$(now_ms)"
+echo "quarry tests: $(rustc --version 2>/dev/null || echo 'rustc missing'), $(nproc) cpus, target dir ${CARGO_TARGET_DIR:-target}"
+
+if ((INSTALL)); then
+    scripts/install-deps.sh
+fi
+
+for t in "${ALL_TIERS[@]}"; do
+    if ((${#selected[@]} > 0)) && [[ " ${selected[*]} " != *" $t "* ]]; then
+        continue
+    fi
+    echo
+    echo "=== tier ${TIER_LABEL[$t]} ==="
+    t0="$(now_ms)"
+    # A function called as an `if` condition runs with errexit off, so a failing first command
+    # would be masked by a passing last one; a subshell that sets -e itself keeps it on.
+    set +e
+    (set -e; "tier_$t")
+    rc=$?
+    set -e
+    if ((rc == 0)); then STATUS[$t]=ok; else STATUS[$t]=FAILED; fi
+    ELAPSED[$t]="$(fmt_ms $(($(now_ms) - t0)))"
+    echo "=== tier ${TIER_LABEL[$t]}: ${STATUS[$t]} in ${ELAPSED[$t]} ==="
+    if [[ "${STATUS[$t]}" == FAILED ]]; then
+        summary
+        echo "test: FAILED in tier ${TIER_LABEL[$t]}" >&2
+        exit 1
+    fi
+done
+
+summary
+echo "test: all selected tiers passed"
