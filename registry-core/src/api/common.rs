@@ -2,10 +2,13 @@
 
 use axum::extract::FromRequestParts;
 use http::request::Parts;
+use rusqlite::Connection;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiV1Error;
 use crate::accounts::credentials::{self, Identity, Principal};
+use crate::accounts::{self, Account, AccountKind, robots};
+use crate::db::Db;
 use crate::names::RepoName;
 use crate::state::AppState;
 
@@ -61,6 +64,40 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiV1Error> {
 /// The repository `{ns}/{repo}` of a path (`repo` may hold `%2F`-encoded slashes).
 pub fn repo_name(ns: &str, repo: &str) -> Result<RepoName, ApiV1Error> {
     Ok(format!("{ns}/{repo}").parse()?)
+}
+
+/// Whether a handler's database work only reads (on a reader connection) or writes (in an
+/// immediate transaction).
+#[derive(Clone, Copy, Debug)]
+pub enum Access {
+    /// [`Db::read`].
+    Read,
+    /// [`Db::write`].
+    Write,
+}
+
+impl Access {
+    /// Run `f` on a connection of this kind.
+    pub async fn run<T, F>(self, db: &Db, f: F) -> Result<T, ApiV1Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, ApiV1Error> + Send + 'static,
+    {
+        match self {
+            Access::Read => db.read(f).await,
+            Access::Write => db.write(move |tx| f(tx)).await,
+        }
+    }
+}
+
+/// A user or robot named in a path (`ns+short` is a robot; `+` may arrive as `%2B`).
+pub fn user_or_robot(conn: &Connection, name: &str) -> Result<Account, ApiV1Error> {
+    let kind = if robots::split_name(name).is_some() {
+        AccountKind::Robot
+    } else {
+        AccountKind::User
+    };
+    Ok(accounts::get_kind(conn, name, kind)?)
 }
 
 /// Forbidden, naming what was refused.

@@ -76,34 +76,19 @@ pub fn routes() -> Router<AppState> {
         get(permissions::list_teams),
     );
 
-    r = both(r, "/api/v1/user/robots", get(robots::user_list));
-    r = r
-        .route(
-            "/api/v1/user/robots/{short}",
-            get(robots::user_get)
-                .put(robots::user_create)
-                .delete(robots::user_delete),
-        )
-        .route(
-            "/api/v1/user/robots/{short}/regenerate",
-            post(robots::user_regenerate),
-        );
-    r = both(
-        r,
-        "/api/v1/organization/{org}/robots",
-        get(robots::org_list),
-    );
-    r = r
-        .route(
-            "/api/v1/organization/{org}/robots/{short}",
-            get(robots::org_get)
-                .put(robots::org_create)
-                .delete(robots::org_delete),
-        )
-        .route(
-            "/api/v1/organization/{org}/robots/{short}/regenerate",
-            post(robots::org_regenerate),
-        );
+    // The same handlers serve the caller's robots and an organisation's (`{org}` tells them apart).
+    for base in ["/api/v1/user/robots", "/api/v1/organization/{org}/robots"] {
+        r = both(r, base, get(robots::list));
+        r = r
+            .route(
+                &format!("{base}/{{short}}"),
+                get(robots::get).put(robots::create).delete(robots::delete),
+            )
+            .route(
+                &format!("{base}/{{short}}/regenerate"),
+                post(robots::regenerate),
+            );
+    }
 
     r = both(r, "/api/v1/organization/", post(organization::create));
     r = r

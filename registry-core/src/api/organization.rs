@@ -12,10 +12,11 @@ use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::common::{Caller, MaybeCaller, forbidden, parse_body};
+use super::common::{Caller, MaybeCaller, forbidden, parse_body, user_or_robot};
 use super::error::ApiV1Error;
+use crate::accounts::credentials::Principal;
 use crate::accounts::orgs::{self, Team, TeamRole};
-use crate::accounts::{self, Account, AccountKind, permissions, robots};
+use crate::accounts::{self, Account, AccountKind, permissions};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize)]
@@ -101,18 +102,29 @@ pub async fn get(
         .await
 }
 
-/// The organisation, after checking `caller` administers it.
-fn admin_org(
-    conn: &Connection,
-    caller: &Account,
-    su: &[String],
-    org: &str,
-) -> Result<Account, ApiV1Error> {
-    let org = accounts::get_kind(conn, org, AccountKind::Org)?;
-    if !permissions::administers(conn, caller, su, &org)? {
-        return Err(forbidden(format!("administer organisation {:?}", org.name)));
-    }
-    Ok(org)
+/// Run `f` in a write transaction on the organisation `org`, once `caller` is known to
+/// administer it.
+async fn as_org_admin<T, F>(
+    state: &AppState,
+    caller: Principal,
+    org: String,
+    f: F,
+) -> Result<T, ApiV1Error>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection, &Account) -> Result<T, ApiV1Error> + Send + 'static,
+{
+    let su = state.config.super_users.clone();
+    state
+        .db
+        .write(move |tx| {
+            let org = accounts::get_kind(tx, &org, AccountKind::Org)?;
+            if !permissions::administers(tx, &caller.account, &su, &org)? {
+                return Err(forbidden(format!("administer organisation {:?}", org.name)));
+            }
+            f(tx, &org)
+        })
+        .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,19 +143,15 @@ pub async fn put_team(
 ) -> Result<Json<Value>, ApiV1Error> {
     let req: TeamBody = parse_body(&body)?;
     let role: TeamRole = req.role.parse()?;
-    let su = state.config.super_users.clone();
-    state
-        .db
-        .write(move |tx| {
-            let org = admin_org(tx, &caller.account, &su, &org)?;
-            let t = orgs::upsert_team(tx, &org, &team, role, req.description.as_deref())?;
-            let count = orgs::members(tx, &t)?.len();
-            Ok(Json(team_view(
-                &t,
-                u64::try_from(count).unwrap_or(u64::MAX),
-            )))
-        })
-        .await
+    as_org_admin(&state, caller, org, move |tx, org| {
+        let t = orgs::upsert_team(tx, org, &team, role, req.description.as_deref())?;
+        let count = orgs::members(tx, &t)?.len();
+        Ok(Json(team_view(
+            &t,
+            u64::try_from(count).unwrap_or(u64::MAX),
+        )))
+    })
+    .await
 }
 
 fn member_view(a: &Account) -> Value {
@@ -181,33 +189,19 @@ pub async fn members(
         .await
 }
 
-/// A user or robot to add to or remove from a team.
-fn member_account(conn: &Connection, name: &str) -> Result<Account, ApiV1Error> {
-    let kind = if robots::split_name(name).is_some() {
-        AccountKind::Robot
-    } else {
-        AccountKind::User
-    };
-    Ok(accounts::get_kind(conn, name, kind)?)
-}
-
 /// `PUT /api/v1/organization/{org}/team/{team}/members/{member}` (user or `org+robot`).
 pub async fn put_member(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path((org, team, member)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiV1Error> {
-    let su = state.config.super_users.clone();
-    state
-        .db
-        .write(move |tx| {
-            let org = admin_org(tx, &caller.account, &su, &org)?;
-            let (_, t) = orgs::get_team(tx, &org.name, &team)?;
-            let m = member_account(tx, &member)?;
-            orgs::add_member(tx, &org, &t, &m)?;
-            Ok(Json(member_view(&m)))
-        })
-        .await
+    as_org_admin(&state, caller, org, move |tx, org| {
+        let (_, t) = orgs::get_team(tx, &org.name, &team)?;
+        let m = user_or_robot(tx, &member)?;
+        orgs::add_member(tx, org, &t, &m)?;
+        Ok(Json(member_view(&m)))
+    })
+    .await
 }
 
 /// `DELETE /api/v1/organization/{org}/team/{team}/members/{member}` -> 204.
@@ -216,20 +210,16 @@ pub async fn delete_member(
     Caller(caller): Caller,
     Path((org, team, member)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiV1Error> {
-    let su = state.config.super_users.clone();
-    state
-        .db
-        .write(move |tx| {
-            let org = admin_org(tx, &caller.account, &su, &org)?;
-            let (_, t) = orgs::get_team(tx, &org.name, &team)?;
-            let m = member_account(tx, &member)?;
-            if !orgs::remove_member(tx, &org, &t, &m)? {
-                return Err(ApiV1Error::NotFound {
-                    kind: "team member",
-                    name: m.name,
-                });
-            }
-            Ok(StatusCode::NO_CONTENT)
-        })
-        .await
+    as_org_admin(&state, caller, org, move |tx, org| {
+        let (_, t) = orgs::get_team(tx, &org.name, &team)?;
+        let m = user_or_robot(tx, &member)?;
+        if !orgs::remove_member(tx, org, &t, &m)? {
+            return Err(ApiV1Error::NotFound {
+                kind: "team member",
+                name: m.name,
+            });
+        }
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
 }

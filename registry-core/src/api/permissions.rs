@@ -8,28 +8,18 @@ use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::common::{Caller, parse_body, repo_name};
+use super::common::{Access, Caller, parse_body, repo_name, user_or_robot};
 use super::error::ApiV1Error;
-use super::repository::require_admin;
+use super::repository::as_repo_admin;
 use crate::accounts::orgs::{self, Team};
 use crate::accounts::permissions::{self, Role};
-use crate::accounts::{self, Account, AccountKind, robots};
+use crate::accounts::{self, Account, AccountKind};
 use crate::names::RepoName;
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize)]
 struct SetRole {
     role: String,
-}
-
-/// A user or robot named in a path (`ns+short` is a robot; `+` may arrive as `%2B`).
-fn user_or_robot(conn: &Connection, name: &str) -> Result<Account, ApiV1Error> {
-    let kind = if robots::split_name(name).is_some() {
-        AccountKind::Robot
-    } else {
-        AccountKind::User
-    };
-    Ok(accounts::get_kind(conn, name, kind)?)
 }
 
 /// Whether `account` belongs to the organisation holding `repo` (team member or its robot).
@@ -77,21 +67,14 @@ pub async fn list_users(
     Path((ns, repo)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiV1Error> {
     let name = repo_name(&ns, &repo)?;
-    let su = state.config.super_users.clone();
-    state
-        .db
-        .read(move |conn| {
-            require_admin(conn, &caller.account, &su, &name)?;
-            let mut out = Map::new();
-            for (account, role) in permissions::list_accounts(conn, &name)? {
-                out.insert(
-                    account.name.clone(),
-                    user_view(conn, &account, role, &name)?,
-                );
-            }
-            Ok(Json(json!({ "permissions": out })))
-        })
-        .await
+    as_repo_admin(&state, caller, name, Access::Read, move |conn, name| {
+        let mut out = Map::new();
+        for (account, role) in permissions::list_accounts(conn, name)? {
+            out.insert(account.name.clone(), user_view(conn, &account, role, name)?);
+        }
+        Ok(Json(json!({ "permissions": out })))
+    })
+    .await
 }
 
 /// `GET .../permissions/user/{username}`.
@@ -101,23 +84,19 @@ pub async fn get_user(
     Path((ns, repo, username)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiV1Error> {
     let name = repo_name(&ns, &repo)?;
-    let su = state.config.super_users.clone();
-    state
-        .db
-        .read(move |conn| {
-            require_admin(conn, &caller.account, &su, &name)?;
-            let account = user_or_robot(conn, &username)?;
-            let role = permissions::list_accounts(conn, &name)?
-                .into_iter()
-                .find(|(a, _)| a.id == account.id)
-                .map(|(_, r)| r)
-                .ok_or_else(|| ApiV1Error::NotFound {
-                    kind: "permission of",
-                    name: username.clone(),
-                })?;
-            Ok(Json(user_view(conn, &account, role, &name)?))
-        })
-        .await
+    as_repo_admin(&state, caller, name, Access::Read, move |conn, name| {
+        let account = user_or_robot(conn, &username)?;
+        let role = permissions::list_accounts(conn, name)?
+            .into_iter()
+            .find(|(a, _)| a.id == account.id)
+            .map(|(_, r)| r)
+            .ok_or_else(|| ApiV1Error::NotFound {
+                kind: "permission of",
+                name: username.clone(),
+            })?;
+        Ok(Json(user_view(conn, &account, role, name)?))
+    })
+    .await
 }
 
 /// `PUT .../permissions/user/{username}` `{role}`.
@@ -130,16 +109,12 @@ pub async fn put_user(
     let req: SetRole = parse_body(&body)?;
     let role: Role = req.role.parse()?;
     let name = repo_name(&ns, &repo)?;
-    let su = state.config.super_users.clone();
-    state
-        .db
-        .write(move |tx| {
-            require_admin(tx, &caller.account, &su, &name)?;
-            let account = user_or_robot(tx, &username)?;
-            permissions::set_for_account(tx, &name, &account, role)?;
-            Ok(Json(user_view(tx, &account, role, &name)?))
-        })
-        .await
+    as_repo_admin(&state, caller, name, Access::Write, move |tx, name| {
+        let account = user_or_robot(tx, &username)?;
+        permissions::set_for_account(tx, name, &account, role)?;
+        Ok(Json(user_view(tx, &account, role, name)?))
+    })
+    .await
 }
 
 /// `DELETE .../permissions/user/{username}` -> 204.
@@ -149,21 +124,17 @@ pub async fn delete_user(
     Path((ns, repo, username)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiV1Error> {
     let name = repo_name(&ns, &repo)?;
-    let su = state.config.super_users.clone();
-    state
-        .db
-        .write(move |tx| {
-            require_admin(tx, &caller.account, &su, &name)?;
-            let account = user_or_robot(tx, &username)?;
-            if !permissions::remove_for_account(tx, &name, &account)? {
-                return Err(ApiV1Error::NotFound {
-                    kind: "permission of",
-                    name: username,
-                });
-            }
-            Ok(StatusCode::NO_CONTENT)
-        })
-        .await
+    as_repo_admin(&state, caller, name, Access::Write, move |tx, name| {
+        let account = user_or_robot(tx, &username)?;
+        if !permissions::remove_for_account(tx, name, &account)? {
+            return Err(ApiV1Error::NotFound {
+                kind: "permission of",
+                name: username,
+            });
+        }
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
 }
 
 /// `GET .../permissions/team/`: `{"permissions": {team: view}}`.
@@ -173,18 +144,14 @@ pub async fn list_teams(
     Path((ns, repo)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiV1Error> {
     let name = repo_name(&ns, &repo)?;
-    let su = state.config.super_users.clone();
-    state
-        .db
-        .read(move |conn| {
-            require_admin(conn, &caller.account, &su, &name)?;
-            let out: Map<String, Value> = permissions::list_teams(conn, &name)?
-                .iter()
-                .map(|(t, r)| (t.name.clone(), team_view(t, *r)))
-                .collect();
-            Ok(Json(json!({ "permissions": out })))
-        })
-        .await
+    as_repo_admin(&state, caller, name, Access::Read, move |conn, name| {
+        let out: Map<String, Value> = permissions::list_teams(conn, name)?
+            .iter()
+            .map(|(t, r)| (t.name.clone(), team_view(t, *r)))
+            .collect();
+        Ok(Json(json!({ "permissions": out })))
+    })
+    .await
 }
 
 /// `GET .../permissions/team/{team}`.
@@ -194,22 +161,18 @@ pub async fn get_team(
     Path((ns, repo, team)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiV1Error> {
     let name = repo_name(&ns, &repo)?;
-    let su = state.config.super_users.clone();
-    state
-        .db
-        .read(move |conn| {
-            require_admin(conn, &caller.account, &su, &name)?;
-            let t = team_of_repo(conn, &name, &team)?;
-            permissions::list_teams(conn, &name)?
-                .into_iter()
-                .find(|(x, _)| x.id == t.id)
-                .map(|(x, r)| Json(team_view(&x, r)))
-                .ok_or(ApiV1Error::NotFound {
-                    kind: "permission of team",
-                    name: team,
-                })
-        })
-        .await
+    as_repo_admin(&state, caller, name, Access::Read, move |conn, name| {
+        let t = team_of_repo(conn, name, &team)?;
+        permissions::list_teams(conn, name)?
+            .into_iter()
+            .find(|(x, _)| x.id == t.id)
+            .map(|(x, r)| Json(team_view(&x, r)))
+            .ok_or(ApiV1Error::NotFound {
+                kind: "permission of team",
+                name: team,
+            })
+    })
+    .await
 }
 
 /// `PUT .../permissions/team/{team}` `{role}`.
@@ -222,16 +185,12 @@ pub async fn put_team(
     let req: SetRole = parse_body(&body)?;
     let role: Role = req.role.parse()?;
     let name = repo_name(&ns, &repo)?;
-    let su = state.config.super_users.clone();
-    state
-        .db
-        .write(move |tx| {
-            require_admin(tx, &caller.account, &su, &name)?;
-            let t = team_of_repo(tx, &name, &team)?;
-            permissions::set_for_team(tx, &name, &t, role)?;
-            Ok(Json(team_view(&t, role)))
-        })
-        .await
+    as_repo_admin(&state, caller, name, Access::Write, move |tx, name| {
+        let t = team_of_repo(tx, name, &team)?;
+        permissions::set_for_team(tx, name, &t, role)?;
+        Ok(Json(team_view(&t, role)))
+    })
+    .await
 }
 
 /// `DELETE .../permissions/team/{team}` -> 204.
@@ -241,19 +200,15 @@ pub async fn delete_team(
     Path((ns, repo, team)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiV1Error> {
     let name = repo_name(&ns, &repo)?;
-    let su = state.config.super_users.clone();
-    state
-        .db
-        .write(move |tx| {
-            require_admin(tx, &caller.account, &su, &name)?;
-            let t = team_of_repo(tx, &name, &team)?;
-            if !permissions::remove_for_team(tx, &name, &t)? {
-                return Err(ApiV1Error::NotFound {
-                    kind: "permission of team",
-                    name: team,
-                });
-            }
-            Ok(StatusCode::NO_CONTENT)
-        })
-        .await
+    as_repo_admin(&state, caller, name, Access::Write, move |tx, name| {
+        let t = team_of_repo(tx, name, &team)?;
+        if !permissions::remove_for_team(tx, name, &t)? {
+            return Err(ApiV1Error::NotFound {
+                kind: "permission of team",
+                name: team,
+            });
+        }
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
 }

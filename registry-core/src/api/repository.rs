@@ -5,13 +5,16 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::StatusCode;
+use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::common::{Caller, MaybeCaller, forbidden, parse_body, repo_name, rfc3339_ms};
+use super::common::{Access, Caller, MaybeCaller, forbidden, parse_body, repo_name, rfc3339_ms};
 use super::error::ApiV1Error;
+use crate::accounts::credentials::Principal;
 use crate::accounts::permissions::{self, Role};
 use crate::accounts::{self, AccountError, AccountKind, repositories};
+use crate::names::RepoName;
 use crate::repos::Visibility;
 use crate::state::AppState;
 
@@ -140,23 +143,40 @@ pub async fn change_visibility(
     let req: ChangeVisibility = parse_body(&body)?;
     let name = repo_name(&ns, &repo)?;
     let visibility = repositories::parse_visibility(&req.visibility)?;
+    as_repo_admin(&state, caller, name, Access::Write, move |tx, name| {
+        repositories::set_visibility(tx, name, visibility)?;
+        Ok(Json(json!({"success": true})))
+    })
+    .await
+}
+
+/// Run `f` on repository `name` once `caller` is known to administer it (see [`require_admin`]).
+pub(crate) async fn as_repo_admin<T, F>(
+    state: &AppState,
+    caller: Principal,
+    name: RepoName,
+    access: Access,
+    f: F,
+) -> Result<T, ApiV1Error>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection, &RepoName) -> Result<T, ApiV1Error> + Send + 'static,
+{
     let su = state.config.super_users.clone();
-    state
-        .db
-        .write(move |tx| {
-            require_admin(tx, &caller.account, &su, &name)?;
-            repositories::set_visibility(tx, &name, visibility)?;
-            Ok(Json(json!({"success": true})))
+    access
+        .run(&state.db, move |conn| {
+            require_admin(conn, &caller.account, &su, &name)?;
+            f(conn, &name)
         })
         .await
 }
 
 /// Refuse unless `who` is admin of `name` (a missing repository is then a 404).
-pub(crate) fn require_admin(
-    conn: &rusqlite::Connection,
+fn require_admin(
+    conn: &Connection,
     who: &accounts::Account,
     super_users: &[String],
-    name: &crate::names::RepoName,
+    name: &RepoName,
 ) -> Result<(), ApiV1Error> {
     if permissions::repo_role(conn, Some(who), super_users, name)? < Role::Admin {
         return Err(forbidden(format!(

@@ -13,7 +13,7 @@ use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::common::{Caller, forbidden, parse_body, rfc3339_ms};
+use super::common::{Access, Caller, forbidden, parse_body, rfc3339_ms};
 use super::error::ApiV1Error;
 use crate::accounts::credentials::Principal;
 use crate::accounts::{self, Account, AccountKind, permissions, robots};
@@ -26,6 +26,13 @@ enum Owner {
     Me,
     /// An organisation's.
     Org(String),
+}
+
+impl Owner {
+    /// The organisation named in the path, or the caller without one.
+    fn of(org: Option<String>) -> Owner {
+        org.map_or(Owner::Me, Owner::Org)
+    }
 }
 
 /// The namespace account whose robots `caller` may manage through `owner`.
@@ -71,178 +78,105 @@ struct NewRobot {
     description: String,
 }
 
-async fn list(state: AppState, caller: Principal, owner: Owner) -> Result<Json<Value>, ApiV1Error> {
-    let su = state.config.super_users.clone();
-    state
-        .db
-        .read(move |conn| {
+/// The path of a robot route: `{org}` on an organisation's routes, absent on the caller's own.
+#[derive(Debug, Deserialize)]
+pub struct RobotPath {
+    #[serde(default)]
+    org: Option<String>,
+    short: String,
+}
+
+/// Run `f` with the namespace account whose robots `caller` manages: the organisation `org`, or
+/// the caller's own without one.
+async fn with_namespace<T, F>(
+    state: &AppState,
+    caller: Principal,
+    org: Option<String>,
+    access: Access,
+    f: F,
+) -> Result<T, ApiV1Error>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection, &Account) -> Result<T, ApiV1Error> + Send + 'static,
+{
+    let (owner, su) = (Owner::of(org), state.config.super_users.clone());
+    access
+        .run(&state.db, move |conn| {
             let ns = namespace(conn, &caller, &su, &owner)?;
-            let robots: Vec<Value> = robots::list(conn, &ns)?
-                .iter()
-                .map(|r| view(r, None))
-                .collect();
-            Ok(Json(json!({ "robots": robots })))
+            f(conn, &ns)
         })
         .await
 }
 
-async fn get(
-    state: AppState,
-    caller: Principal,
-    owner: Owner,
-    short: String,
+/// `GET /api/v1/user/robots` and `GET /api/v1/organization/{org}/robots`.
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    org: Option<Path<String>>,
 ) -> Result<Json<Value>, ApiV1Error> {
-    let su = state.config.super_users.clone();
-    state
-        .db
-        .read(move |conn| {
-            let ns = namespace(conn, &caller, &su, &owner)?;
-            let robot = robots::get(conn, &robots::full_name(&ns.name, &short)?)?;
-            Ok(Json(view(&robot, None)))
-        })
-        .await
+    let org = org.map(|Path(org)| org);
+    with_namespace(&state, caller, org, Access::Read, |conn, ns| {
+        let robots: Vec<Value> = robots::list(conn, ns)?
+            .iter()
+            .map(|r| view(r, None))
+            .collect();
+        Ok(Json(json!({ "robots": robots })))
+    })
+    .await
 }
 
-async fn create(
-    state: AppState,
-    caller: Principal,
-    owner: Owner,
-    short: String,
+/// `GET /api/v1/user/robots/{short}` and `GET /api/v1/organization/{org}/robots/{short}`.
+pub async fn get(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(RobotPath { org, short }): Path<RobotPath>,
+) -> Result<Json<Value>, ApiV1Error> {
+    with_namespace(&state, caller, org, Access::Read, move |conn, ns| {
+        let robot = robots::get(conn, &robots::full_name(&ns.name, &short)?)?;
+        Ok(Json(view(&robot, None)))
+    })
+    .await
+}
+
+/// `PUT .../robots/{short}` `[{description}]` (the user's or an organisation's) -> 201 with the
+/// token.
+pub async fn create(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(RobotPath { org, short }): Path<RobotPath>,
     body: Bytes,
 ) -> Result<Response, ApiV1Error> {
     let req: NewRobot = parse_body(&body)?;
-    let su = state.config.super_users.clone();
-    state
-        .db
-        .write(move |tx| {
-            let ns = namespace(tx, &caller, &su, &owner)?;
-            let (robot, token) = robots::create(tx, &ns, &short, &req.description)?;
-            Ok((StatusCode::CREATED, Json(view(&robot, Some(&token)))).into_response())
-        })
-        .await
+    with_namespace(&state, caller, org, Access::Write, move |tx, ns| {
+        let (robot, token) = robots::create(tx, ns, &short, &req.description)?;
+        Ok((StatusCode::CREATED, Json(view(&robot, Some(&token)))).into_response())
+    })
+    .await
 }
 
-async fn regenerate(
-    state: AppState,
-    caller: Principal,
-    owner: Owner,
-    short: String,
+/// `POST .../robots/{short}/regenerate` (the user's or an organisation's) -> the robot with its
+/// new token.
+pub async fn regenerate(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(RobotPath { org, short }): Path<RobotPath>,
 ) -> Result<Json<Value>, ApiV1Error> {
-    let su = state.config.super_users.clone();
-    state
-        .db
-        .write(move |tx| {
-            let ns = namespace(tx, &caller, &su, &owner)?;
-            let (robot, token) = robots::regenerate(tx, &robots::full_name(&ns.name, &short)?)?;
-            Ok(Json(view(&robot, Some(&token))))
-        })
-        .await
+    with_namespace(&state, caller, org, Access::Write, move |tx, ns| {
+        let (robot, token) = robots::regenerate(tx, &robots::full_name(&ns.name, &short)?)?;
+        Ok(Json(view(&robot, Some(&token))))
+    })
+    .await
 }
 
-async fn delete(
-    state: AppState,
-    caller: Principal,
-    owner: Owner,
-    short: String,
+/// `DELETE .../robots/{short}` (the user's or an organisation's) -> 204.
+pub async fn delete(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(RobotPath { org, short }): Path<RobotPath>,
 ) -> Result<StatusCode, ApiV1Error> {
-    let su = state.config.super_users.clone();
-    state
-        .db
-        .write(move |tx| {
-            let ns = namespace(tx, &caller, &su, &owner)?;
-            robots::delete(tx, &robots::full_name(&ns.name, &short)?)?;
-            Ok(StatusCode::NO_CONTENT)
-        })
-        .await
-}
-
-/// `GET /api/v1/user/robots`.
-pub async fn user_list(
-    State(s): State<AppState>,
-    Caller(c): Caller,
-) -> Result<Json<Value>, ApiV1Error> {
-    list(s, c, Owner::Me).await
-}
-
-/// `GET /api/v1/user/robots/{short}`.
-pub async fn user_get(
-    State(s): State<AppState>,
-    Caller(c): Caller,
-    Path(short): Path<String>,
-) -> Result<Json<Value>, ApiV1Error> {
-    get(s, c, Owner::Me, short).await
-}
-
-/// `PUT /api/v1/user/robots/{short}` `[{description}]` -> 201 with the token.
-pub async fn user_create(
-    State(s): State<AppState>,
-    Caller(c): Caller,
-    Path(short): Path<String>,
-    body: Bytes,
-) -> Result<Response, ApiV1Error> {
-    create(s, c, Owner::Me, short, body).await
-}
-
-/// `POST /api/v1/user/robots/{short}/regenerate` -> the robot with its new token.
-pub async fn user_regenerate(
-    State(s): State<AppState>,
-    Caller(c): Caller,
-    Path(short): Path<String>,
-) -> Result<Json<Value>, ApiV1Error> {
-    regenerate(s, c, Owner::Me, short).await
-}
-
-/// `DELETE /api/v1/user/robots/{short}` -> 204.
-pub async fn user_delete(
-    State(s): State<AppState>,
-    Caller(c): Caller,
-    Path(short): Path<String>,
-) -> Result<StatusCode, ApiV1Error> {
-    delete(s, c, Owner::Me, short).await
-}
-
-/// `GET /api/v1/organization/{org}/robots`.
-pub async fn org_list(
-    State(s): State<AppState>,
-    Caller(c): Caller,
-    Path(org): Path<String>,
-) -> Result<Json<Value>, ApiV1Error> {
-    list(s, c, Owner::Org(org)).await
-}
-
-/// `GET /api/v1/organization/{org}/robots/{short}`.
-pub async fn org_get(
-    State(s): State<AppState>,
-    Caller(c): Caller,
-    Path((org, short)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiV1Error> {
-    get(s, c, Owner::Org(org), short).await
-}
-
-/// `PUT /api/v1/organization/{org}/robots/{short}` -> 201 with the token.
-pub async fn org_create(
-    State(s): State<AppState>,
-    Caller(c): Caller,
-    Path((org, short)): Path<(String, String)>,
-    body: Bytes,
-) -> Result<Response, ApiV1Error> {
-    create(s, c, Owner::Org(org), short, body).await
-}
-
-/// `POST /api/v1/organization/{org}/robots/{short}/regenerate`.
-pub async fn org_regenerate(
-    State(s): State<AppState>,
-    Caller(c): Caller,
-    Path((org, short)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiV1Error> {
-    regenerate(s, c, Owner::Org(org), short).await
-}
-
-/// `DELETE /api/v1/organization/{org}/robots/{short}` -> 204.
-pub async fn org_delete(
-    State(s): State<AppState>,
-    Caller(c): Caller,
-    Path((org, short)): Path<(String, String)>,
-) -> Result<StatusCode, ApiV1Error> {
-    delete(s, c, Owner::Org(org), short).await
+    with_namespace(&state, caller, org, Access::Write, move |tx, ns| {
+        robots::delete(tx, &robots::full_name(&ns.name, &short)?)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
 }

@@ -24,9 +24,10 @@ use crate::digest::{Algorithm, Digest, Hasher};
 use crate::error::{ApiError, ErrorCode};
 use crate::names::RepoName;
 use crate::state::AppState;
+use crate::storage::UploadGuard;
 use crate::storage::upload::{AppendError, UploadFile};
 use session::{
-    check_range, content_length, drop_session, insert_session, load, location, open_file,
+    Session, check_range, content_length, drop_session, insert_session, load, location, open_file,
     range_value, upload_unknown,
 };
 
@@ -110,6 +111,26 @@ async fn check_size(
         return Err(append_failed(state, uuid, AppendError::TooLarge { limit }).await);
     }
     Ok(())
+}
+
+/// Check a chunk's `Content-Range` and size against session `s`, then stream `body` onto its file.
+/// The returned file holds the session's lock (`guard`).
+async fn append_chunk(
+    state: &AppState,
+    name: &RepoName,
+    s: &Session,
+    headers: &HeaderMap,
+    guard: UploadGuard,
+    body: Body,
+) -> Result<UploadFile, ApiError> {
+    let expected = check_range(headers, name, s)?;
+    check_size(state, headers, s.offset, Some(s.uuid)).await?;
+    let file = open_file(state, s, guard).await?;
+    let limit = state.config.max_blob_size();
+    match file.append(body.into_data_stream(), limit, expected).await {
+        Ok(f) => Ok(f),
+        Err(e) => Err(append_failed(state, Some(s.uuid), e).await),
+    }
 }
 
 /// Link a verified upload as blob `digest` in repository `repo`: rename the file into place, then
@@ -299,15 +320,8 @@ pub(super) async fn patch(
     authorize(state, headers, name, Action::Push).await?;
     let guard = state.blobs.lock_upload(uuid).await;
     let s = load(state, name, uuid).await?;
-    let expected = check_range(headers, name, &s)?;
-    check_size(state, headers, s.offset, Some(uuid)).await?;
     // From here the lock lives in `file` (see `UploadFile`), until the offset is committed.
-    let file = open_file(state, &s, guard).await?;
-    let limit = state.config.max_blob_size();
-    let file = match file.append(body.into_data_stream(), limit, expected).await {
-        Ok(f) => f,
-        Err(e) => return Err(append_failed(state, Some(uuid), e).await),
-    };
+    let file = append_chunk(state, name, &s, headers, guard, body).await?;
     let (offset, hash_state, u) = (file.offset(), file.hasher().save(), uuid.to_string());
     let updated = state
         .db
@@ -349,14 +363,7 @@ pub(super) async fn finish(
             digest.algorithm().name()
         )));
     }
-    let expected = check_range(headers, name, &s)?;
-    check_size(state, headers, s.offset, Some(uuid)).await?;
-    let file = open_file(state, &s, guard).await?;
-    let limit = state.config.max_blob_size();
-    let file = match file.append(body.into_data_stream(), limit, expected).await {
-        Ok(f) => f,
-        Err(e) => return Err(append_failed(state, Some(uuid), e).await),
-    };
+    let file = append_chunk(state, name, &s, headers, guard, body).await?;
     let actual = file.hasher().current();
     if actual != digest {
         // Still holding the lock (in `file`) while the session goes.
