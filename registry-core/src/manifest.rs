@@ -356,4 +356,191 @@ mod tests {
         let p = parse(None, body.as_bytes()).unwrap();
         assert_eq!(p.blobs.len(), 1);
     }
+
+    use proptest::prelude::*;
+    use serde_json::{Map, Value, json};
+
+    fn media_type() -> impl Strategy<Value = String> {
+        prop_oneof![
+            6 => prop::sample::select(vec![
+                OCI_MANIFEST,
+                OCI_INDEX,
+                DOCKER_MANIFEST,
+                DOCKER_LIST,
+                "application/json",
+                "application/vnd.oci.image.config.v1+json",
+                "",
+            ])
+            .prop_map(str::to_owned),
+            1 => any::<String>(),
+        ]
+    }
+
+    fn leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            prop::num::f64::NORMAL.prop_map(Value::from),
+            Just(json!(2)),
+            any::<String>().prop_map(Value::from),
+            media_type().prop_map(Value::from),
+            "sha(256|512):[0-9a-f]{64}".prop_map(Value::from),
+        ]
+    }
+
+    /// Arbitrary JSON trees.
+    fn json_value() -> impl Strategy<Value = Value> {
+        leaf().prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(any::<String>(), inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Something close to a descriptor: each field present or not, valid or any JSON.
+    fn descriptor() -> impl Strategy<Value = Value> {
+        let field = |valid: BoxedStrategy<Value>| {
+            prop::option::weighted(0.95, prop_oneof![30 => valid, 1 => json_value()])
+        };
+        (
+            field(media_type().prop_map(Value::from).boxed()),
+            field(
+                prop_oneof![
+                    6 => "sha256:[0-9a-f]{64}",
+                    1 => "sha512:[0-9a-f]{128}",
+                    1 => "sha256:[0-9a-z]{0,66}",
+                ]
+                .prop_map(Value::from)
+                .boxed(),
+            ),
+            field(any::<u64>().prop_map(Value::from).boxed()),
+            field(
+                prop::collection::vec(any::<String>(), 0..3)
+                    .prop_map(|v| json!(v))
+                    .boxed(),
+            ),
+            field(
+                prop::collection::btree_map(any::<String>(), any::<String>(), 0..3)
+                    .prop_map(|m| json!(m))
+                    .boxed(),
+            ),
+        )
+            .prop_map(|(mt, digest, size, urls, annotations)| {
+                let mut m = Map::new();
+                for (k, v) in [
+                    ("mediaType", mt),
+                    ("digest", digest),
+                    ("size", size),
+                    ("urls", urls),
+                    ("annotations", annotations),
+                ] {
+                    if let Some(v) = v {
+                        m.insert(k.to_owned(), v);
+                    }
+                }
+                Value::Object(m)
+            })
+    }
+
+    /// Something close to an image manifest or index, so parsing gets past the first checks.
+    fn manifestish() -> impl Strategy<Value = Value> {
+        let descriptors = || prop::collection::vec(descriptor(), 0..4).prop_map(Value::Array);
+        (
+            prop::option::weighted(0.95, prop_oneof![8 => Just(json!(2)), 1 => json_value()]),
+            prop::option::of(media_type().prop_map(Value::from)),
+            prop::option::weighted(0.9, descriptor()),
+            prop::option::weighted(0.8, descriptors()),
+            prop::option::of(descriptors()),
+            prop::option::of(descriptor()),
+            prop::option::of(prop_oneof![
+                8 => media_type().prop_map(Value::from),
+                1 => json_value(),
+            ]),
+            prop::option::of(prop_oneof![
+                8 => prop::collection::btree_map(any::<String>(), json_value(), 0..3)
+                    .prop_map(|m| json!(m)),
+                1 => json_value(),
+            ]),
+        )
+            .prop_map(
+                |(sv, mt, config, layers, manifests, subject, artifact, annotations)| {
+                    let mut m = Map::new();
+                    for (k, v) in [
+                        ("schemaVersion", sv),
+                        ("mediaType", mt),
+                        ("config", config),
+                        ("layers", layers),
+                        ("manifests", manifests),
+                        ("subject", subject),
+                        ("artifactType", artifact),
+                        ("annotations", annotations),
+                    ] {
+                        if let Some(v) = v {
+                            m.insert(k.to_owned(), v);
+                        }
+                    }
+                    Value::Object(m)
+                },
+            )
+    }
+
+    fn check_parsed(p: &ParsedManifest) -> Result<(), TestCaseError> {
+        prop_assert!(known(p.media_type).is_some());
+        prop_assert_eq!(p.kind, kind_of(p.media_type));
+        prop_assert!(
+            p.blobs.windows(2).all(|w| w[0] < w[1]),
+            "blobs sorted and unique"
+        );
+        prop_assert!(
+            p.children.windows(2).all(|w| w[0] < w[1]),
+            "children sorted and unique"
+        );
+        match p.kind {
+            ManifestKind::Image => prop_assert!(p.children.is_empty() && !p.blobs.is_empty()),
+            ManifestKind::Index => prop_assert!(p.blobs.is_empty()),
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics_on_bytes(
+            content_type in prop::option::of(media_type()),
+            bytes in prop::collection::vec(any::<u8>(), 0..512),
+        ) {
+            if let Ok(p) = parse(content_type.as_deref(), &bytes) {
+                check_parsed(&p)?;
+            }
+            let _ = index_descriptors(&bytes);
+        }
+
+        #[test]
+        fn parse_never_panics_on_json(
+            content_type in prop::option::of(media_type()),
+            value in json_value(),
+        ) {
+            let bytes = serde_json::to_vec(&value).unwrap();
+            if let Ok(p) = parse(content_type.as_deref(), &bytes) {
+                check_parsed(&p)?;
+            }
+            let _ = index_descriptors(&bytes);
+        }
+
+        #[test]
+        fn parse_never_panics_on_manifest_shaped_json(
+            content_type in prop::option::of(media_type()),
+            value in manifestish(),
+        ) {
+            let bytes = serde_json::to_vec(&value).unwrap();
+            if let Ok(p) = parse(content_type.as_deref(), &bytes) {
+                check_parsed(&p)?;
+                prop_assert_eq!(&value["schemaVersion"], &json!(2));
+            }
+            let _ = index_descriptors(&bytes);
+        }
+    }
 }

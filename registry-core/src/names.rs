@@ -257,4 +257,99 @@ mod tests {
         ));
         assert!("sha256:zz".parse::<Reference>().is_err());
     }
+
+    use proptest::prelude::*;
+    use regex::Regex;
+    use std::sync::LazyLock;
+
+    // The distribution spec's grammars, as the oracle for the hand-written parsers.
+    static REPO_RE: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$")
+            .unwrap()
+    });
+    static TAG_RE: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$").unwrap());
+
+    /// One path component of the spec grammar, with short runs so all separators show up.
+    const SPEC_COMPONENT: &str = r"[a-z0-9]{1,5}((\.|_|__|-{1,3})[a-z0-9]{1,5}){0,2}";
+
+    fn spec_repo(s: &str) -> bool {
+        REPO_RE.is_match(s) && s.contains('/') && s.len() <= 255
+    }
+
+    /// Strings made of the characters that matter to the name grammars, so that valid names and
+    /// near misses (doubled, leading and trailing separators, capitals, empty components) are
+    /// common rather than vanishingly rare.
+    fn namey() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z0-9._/-]{0,40}",
+            "[a-c0-2]{1,4}([._/-]{1,3}[a-c0-2]{1,4}){0,6}",
+            "[a-zA-Z0-9_][a-zA-Z0-9._:/-]{0,140}",
+            "[a-z]{1,3}/[a-z]{250,256}",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn repo_name_parse_never_panics(s in any::<String>()) {
+            let _ = s.parse::<RepoName>();
+        }
+
+        #[test]
+        fn repo_names_accepted_exactly_as_the_spec_regex(s in namey()) {
+            let parsed = s.parse::<RepoName>();
+            prop_assert_eq!(parsed.is_ok(), spec_repo(&s), "{:?}", s);
+            if let Ok(r) = parsed {
+                prop_assert_eq!(r.as_str(), s.as_str());
+                prop_assert_eq!(format!("{}/{}", r.namespace(), r.repository()), s);
+            }
+        }
+
+        #[test]
+        fn spec_valid_repo_names_are_accepted(
+            s in prop::collection::vec(SPEC_COMPONENT, 2..5).prop_map(|c| c.join("/")),
+        ) {
+            prop_assert!(s.parse::<RepoName>().is_ok(), "{:?}", s);
+        }
+
+        #[test]
+        fn tag_parse_never_panics(s in any::<String>()) {
+            let _ = s.parse::<Tag>();
+        }
+
+        #[test]
+        fn tags_accepted_exactly_as_the_spec_regex(s in namey()) {
+            let parsed = s.parse::<Tag>();
+            prop_assert_eq!(parsed.is_ok(), TAG_RE.is_match(&s), "{:?}", s);
+            if let Ok(t) = parsed {
+                prop_assert_eq!(t.to_string(), s);
+            }
+        }
+
+        #[test]
+        fn spec_valid_tags_are_accepted(s in "[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}") {
+            prop_assert!(s.parse::<Tag>().is_ok(), "{:?}", s);
+        }
+
+        #[test]
+        fn reference_parse_never_panics(s in any::<String>()) {
+            let _ = s.parse::<Reference>();
+        }
+
+        #[test]
+        fn accepted_references_print_back_unchanged(
+            s in prop_oneof![namey(), "sha(256|512):[0-9a-f]{64}", "sha512:[0-9a-f]{128}"],
+        ) {
+            if let Ok(r) = s.parse::<Reference>() {
+                prop_assert_eq!(r.to_string(), s.clone());
+                let is_tag = matches!(r, Reference::Tag(_));
+                prop_assert_eq!(is_tag, TAG_RE.is_match(&s));
+            }
+        }
+
+        #[test]
+        fn validate_namespace_never_panics(s in any::<String>()) {
+            let _ = validate_namespace(&s);
+        }
+    }
 }

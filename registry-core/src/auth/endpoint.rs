@@ -386,4 +386,100 @@ mod tests {
         );
         assert!(downscope(&strings(&["fly"]), Role::Admin, false).is_empty());
     }
+
+    use proptest::prelude::*;
+
+    /// Scope-shaped strings: known and unknown types, resource classes, valid and invalid names,
+    /// action lists with blanks, spaces and odd separators.
+    fn scopey() -> impl Strategy<Value = String> {
+        let kind = prop_oneof![
+            Just("repository".to_owned()),
+            Just("registry".to_owned()),
+            "[a-z()]{0,12}",
+            "repository\\([a-z]{0,6}\\)?",
+        ];
+        let name = prop_oneof![
+            "[a-z0-9]{1,4}/[a-z0-9._-]{1,6}(/[a-z0-9]{1,3})?",
+            Just("catalog".to_owned()),
+            "[A-Za-z0-9/:._-]{0,12}",
+        ];
+        let actions = prop_oneof![
+            prop::collection::vec(
+                prop::sample::select(vec!["pull", "push", "delete", "*", "", " ", "fly"]),
+                0..5,
+            )
+            .prop_map(|v| v.join(",")),
+            "[a-z*, :\t]{0,16}",
+        ];
+        (kind, ":{1,2}", name, ":{0,2}", actions)
+            .prop_map(|(k, c1, n, c2, a)| format!("{k}{c1}{n}{c2}{a}"))
+    }
+
+    fn render(scope: &Scope) -> String {
+        match scope {
+            Scope::Repository { name, actions } => {
+                format!("repository:{name}:{}", actions.join(","))
+            }
+            Scope::Catalog => "registry:catalog:*".to_owned(),
+        }
+    }
+
+    fn check_scope(raw: &str, scope: &Scope) -> Result<(), TestCaseError> {
+        if let Scope::Repository { actions, .. } = scope {
+            for a in actions {
+                prop_assert!(
+                    !a.is_empty() && a.trim() == a && !a.contains([',', ':']),
+                    "{:?} from {:?}",
+                    a,
+                    raw
+                );
+            }
+        }
+        // The canonical form of what was understood means the same thing.
+        let again = parse_scope(&render(scope))
+            .map_err(|e| TestCaseError::fail(format!("{raw:?}: {e}")))?;
+        prop_assert_eq!(again.as_ref(), Some(scope), "{:?}", raw);
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn parse_scope_never_panics(raw in any::<String>()) {
+            let _ = parse_scope(&raw);
+        }
+
+        #[test]
+        fn accepted_scopes_round_trip(raw in scopey()) {
+            if let Ok(Some(scope)) = parse_scope(&raw) {
+                check_scope(&raw, &scope)?;
+            }
+        }
+
+        #[test]
+        fn scopes_of_never_panics_and_merges_each_resource_once(
+            pairs in prop::collection::vec(
+                (
+                    prop_oneof![
+                        Just("scope".to_owned()),
+                        Just("service".to_owned()),
+                        any::<String>(),
+                    ],
+                    prop_oneof![
+                        scopey(),
+                        prop::collection::vec(scopey(), 0..4).prop_map(|v| v.join(" ")),
+                        any::<String>(),
+                    ],
+                ),
+                0..6,
+            ),
+        ) {
+            let Ok(scopes) = scopes_of(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))) else {
+                return Ok(());
+            };
+            for (i, a) in scopes.iter().enumerate() {
+                check_scope("(merged)", a)?;
+                prop_assert!(!scopes[i + 1..].iter().any(|b| same_resource(a, b)), "{:?}", scopes);
+            }
+        }
+    }
 }

@@ -219,6 +219,81 @@ mod tests {
         assert_eq!(byte_range(None, 10), ByteRange::Full);
     }
 
+    use proptest::prelude::*;
+
+    /// A number as a client might write it: small, huge, signed, padded or not a number at all.
+    fn number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            (0u64..40).prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            Just(u64::MAX.to_string()),
+            Just("18446744073709551616".to_owned()),
+            "[+-]?[0-9]{1,3}",
+            " {0,2}[0-9]{1,3} {0,2}",
+            "[0-9a-z ,=-]{0,4}",
+        ]
+    }
+
+    fn range_header() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (
+                " {0,2}",
+                "(bytes|Bytes|items)=",
+                number(),
+                "-{1,2}",
+                number()
+            )
+                .prop_map(|(sp, unit, a, dash, b)| format!("{sp}{unit}{a}{dash}{b}")),
+            (number(), number(), number(), number())
+                .prop_map(|(a, b, c, d)| format!("bytes={a}-{b},{c}-{d}")),
+            any::<String>(),
+        ]
+    }
+
+    fn blob_size() -> impl Strategy<Value = u64> {
+        prop_oneof![0u64..50, any::<u64>(), Just(u64::MAX)]
+    }
+
+    proptest! {
+        #[test]
+        fn byte_range_never_panics_and_stays_within_the_blob(
+            header in prop::option::of(range_header()),
+            size in blob_size(),
+        ) {
+            match byte_range(header.as_deref(), size) {
+                ByteRange::Part { start, end } => {
+                    prop_assert!(start <= end && end < size, "{:?} of {}: {}-{}",
+                        header, size, start, end);
+                }
+                ByteRange::Full | ByteRange::Unsatisfiable => {}
+            }
+        }
+
+        #[test]
+        fn well_formed_ranges_are_served_as_asked(
+            start in 0u64..60,
+            len in 1u64..60,
+            size in 0u64..60,
+        ) {
+            let end = start + len - 1;
+            let got = byte_range(Some(&format!("bytes={start}-{end}")), size);
+            let want = if start < size {
+                ByteRange::Part { start, end: end.min(size - 1) }
+            } else {
+                ByteRange::Unsatisfiable
+            };
+            prop_assert_eq!(got, want);
+            let got = byte_range(Some(&format!("bytes=-{len}")), size);
+            let want = if size > 0 {
+                ByteRange::Part { start: size - len.min(size), end: size - 1 }
+            } else {
+                ByteRange::Unsatisfiable
+            };
+            prop_assert_eq!(got, want);
+        }
+    }
+
     #[tokio::test]
     async fn get_head_and_range_reads() {
         let h = Harness::new().await;

@@ -218,4 +218,91 @@ mod tests {
             assert_eq!(code(rest).0, StatusCode::NOT_FOUND, "{rest}");
         }
     }
+
+    use proptest::prelude::*;
+
+    /// The canonical path tail of a target (what a client sends).
+    fn render(t: &Target) -> String {
+        let n = &t.name;
+        match &t.kind {
+            Kind::Blob(d) => format!("{n}/blobs/{d}"),
+            Kind::UploadStart => format!("{n}/blobs/uploads/"),
+            Kind::Upload(u) => format!("{n}/blobs/uploads/{u}"),
+            Kind::Manifest(r) => format!("{n}/manifests/{r}"),
+            Kind::TagsList => format!("{n}/tags/list"),
+            Kind::Referrers(d) => format!("{n}/referrers/{d}"),
+        }
+    }
+
+    /// One path segment: the words the parser looks for, names, digests, upload ids and junk.
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "blobs",
+                "uploads",
+                "manifests",
+                "tags",
+                "list",
+                "referrers",
+                "auth",
+                "",
+                "v2"
+            ])
+            .prop_map(str::to_owned),
+            "[a-z0-9._-]{1,8}",
+            "[A-Za-z0-9._:-]{1,8}",
+            "sha256:[0-9a-f]{64}",
+            "sha256:[0-9a-fA-F]{0,70}",
+            any::<u128>().prop_map(|n| uuid::Uuid::from_u128(n).to_string()),
+            any::<String>(),
+        ]
+    }
+
+    fn pathy() -> impl Strategy<Value = String> {
+        prop::collection::vec(segment(), 0..8).prop_map(|v| v.join("/"))
+    }
+
+    fn valid_target() -> impl Strategy<Value = Target> {
+        let name = "[a-z0-9]{1,4}(/(blobs|uploads|manifests|tags|referrers|[a-z0-9]{1,4})){1,3}"
+            .prop_map(|n| n.parse::<RepoName>().unwrap());
+        let digest = "sha256:[0-9a-f]{64}".prop_map(|d| d.parse::<Digest>().unwrap());
+        let kind = prop_oneof![
+            digest.clone().prop_map(Kind::Blob),
+            Just(Kind::UploadStart),
+            any::<u128>().prop_map(|n| Kind::Upload(uuid::Uuid::from_u128(n))),
+            "[a-zA-Z0-9_][a-zA-Z0-9._-]{0,20}"
+                .prop_map(|t| Kind::Manifest(Reference::Tag(t.parse().unwrap()))),
+            digest
+                .clone()
+                .prop_map(|d| Kind::Manifest(Reference::Digest(d))),
+            Just(Kind::TagsList),
+            digest.prop_map(Kind::Referrers),
+        ];
+        (name, kind).prop_map(|(name, kind)| Target { name, kind })
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(rest in any::<String>()) {
+            let _ = parse(&rest);
+        }
+
+        #[test]
+        fn accepted_paths_mean_what_their_canonical_form_means(rest in pathy()) {
+            // Never panics on path-shaped input either, and whatever it accepts it reads back the
+            // same from the canonical form (so no two spellings address different things).
+            if let Ok(t) = parse(&rest) {
+                let again = parse(&render(&t))
+                    .map_err(|e| TestCaseError::fail(format!("{rest:?}: {e}")))?;
+                prop_assert_eq!(again, t, "{:?}", rest);
+            }
+        }
+
+        #[test]
+        fn every_target_round_trips(t in valid_target()) {
+            let rest = render(&t);
+            let parsed = parse(&rest).map_err(|e| TestCaseError::fail(format!("{rest:?}: {e}")))?;
+            prop_assert_eq!(parsed, t);
+        }
+    }
 }
