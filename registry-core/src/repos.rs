@@ -37,23 +37,21 @@ pub struct Repo {
 
 /// Look a repository up by full name.
 pub fn find(conn: &Connection, name: &RepoName) -> Result<Option<Repo>, DbError> {
+    // Cached: every distribution call looks its repository up through here.
     Ok(conn
-        .query_row(
-            "SELECT id, namespace_id, visibility FROM repository WHERE name = ?1",
-            params![name.as_str()],
-            |r| {
-                let vis: String = r.get(2)?;
-                Ok(Repo {
-                    id: r.get(0)?,
-                    namespace_id: r.get(1)?,
-                    visibility: if vis == "public" {
-                        Visibility::Public
-                    } else {
-                        Visibility::Private
-                    },
-                })
-            },
-        )
+        .prepare_cached("SELECT id, namespace_id, visibility FROM repository WHERE name = ?1")?
+        .query_row(params![name.as_str()], |r| {
+            let vis: String = r.get(2)?;
+            Ok(Repo {
+                id: r.get(0)?,
+                namespace_id: r.get(1)?,
+                visibility: if vis == "public" {
+                    Visibility::Public
+                } else {
+                    Visibility::Private
+                },
+            })
+        })
         .optional()?)
 }
 

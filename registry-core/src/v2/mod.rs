@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use rusqlite::{Connection, OptionalExtension as _, params};
+use rusqlite::Connection;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::names::{Reference, RepoName};
@@ -201,10 +201,7 @@ pub(crate) fn name_unknown(name: &RepoName) -> ApiError {
 
 /// The id of repository `name` (a read on `conn`).
 pub(crate) fn repo_id(conn: &Connection, name: &RepoName) -> Result<Option<i64>, ApiError> {
-    Ok(conn
-        .prepare_cached("SELECT id FROM repository WHERE name = ?1")?
-        .query_row(params![name.as_str()], |r| r.get(0))
-        .optional()?)
+    Ok(crate::repos::find(conn, name)?.map(|r| r.id))
 }
 
 /// The id of repository `name`, created on this first push when missing (in `conn`'s write

@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use reqwest::Method;
 
+use crate::common::client::{Client, Resp};
 use crate::common::push::{random_bytes, sha256, sha512, with_query};
 use crate::{repo, setup};
 
@@ -281,28 +282,33 @@ async fn unknown_upload_session_is_404() {
         .expect_error(404, "BLOB_UPLOAD_UNKNOWN");
 }
 
-#[tokio::test]
-async fn cross_repo_mount() {
-    let (_reg, c) = setup();
-    let (src, dst) = (repo("mount-src"), repo("mount-dst"));
-    let data = random_bytes(2_000);
-    let d = c.push_blob_monolithic(&src, &data).await;
+/// `POST /v2/<dst>/blobs/uploads/?mount=<d>&from=<src>` with a token for push on `dst` and pull
+/// on `src`.
+async fn mount(c: &Client, src: &str, dst: &str, d: &str) -> Resp {
     c.authorize(
-        &dst,
+        dst,
         &[
             &format!("repository:{dst}:pull,push"),
             &format!("repository:{src}:pull"),
         ],
     )
     .await;
-    let m = c
-        .send(
-            Method::POST,
-            &format!("/v2/{dst}/blobs/uploads/?mount={d}&from={src}"),
-            &[],
-            Bytes::new(),
-        )
-        .await;
+    c.send(
+        Method::POST,
+        &format!("/v2/{dst}/blobs/uploads/?mount={d}&from={src}"),
+        &[],
+        Bytes::new(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn cross_repo_mount() {
+    let (_reg, c) = setup();
+    let (src, dst) = (repo("mount-src"), repo("mount-dst"));
+    let data = random_bytes(2_000);
+    let d = c.push_blob_monolithic(&src, &data).await;
+    let m = mount(&c, &src, &dst, &d).await;
     m.expect_status(201, "mount");
     assert_eq!(m.header("docker-content-digest"), Some(d.as_str()));
     let loc = m.must_header("location");
@@ -317,22 +323,7 @@ async fn mount_falls_back_to_an_upload_when_the_source_lacks_the_blob() {
     c.push_blob_monolithic(&src, b"the source exists").await;
     let data = random_bytes(500);
     let d = sha256(&data);
-    c.authorize(
-        &dst,
-        &[
-            &format!("repository:{dst}:pull,push"),
-            &format!("repository:{src}:pull"),
-        ],
-    )
-    .await;
-    let m = c
-        .send(
-            Method::POST,
-            &format!("/v2/{dst}/blobs/uploads/?mount={d}&from={src}"),
-            &[],
-            Bytes::new(),
-        )
-        .await;
+    let m = mount(&c, &src, &dst, &d).await;
     m.expect_status(202, "mount of a blob the source lacks");
     let loc = c.url(m.must_header("location"));
     c.put_upload(&loc, &d, &data)
