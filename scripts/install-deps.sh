@@ -15,7 +15,8 @@ installed. Needs root or sudo when a package is missing.
   --help    show this help
 
 Packages: podman skopeo buildah redis-server protobuf-compiler docker-registry shellcheck jq curl
-git ca-certificates containernetworking-plugins uidmap build-essential pkg-config
+git ca-certificates containernetworking-plugins uidmap build-essential pkg-config runc
+busybox-static libssl-dev libssh2-1-dev zlib1g-dev openssh-server openssh-client
 EOF
 }
 
@@ -33,6 +34,11 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PACKAGES=(
     podman skopeo buildah redis-server protobuf-compiler docker-registry shellcheck jq curl git
     ca-certificates containernetworking-plugins uidmap build-essential pkg-config
+    # builds: podman's RUN steps need runc here (crun refuses this host's cgroup layout); the
+    # test and quickstart base image is made from busybox-static; git2 links libssl and libssh2
+    runc busybox-static libssl-dev libssh2-1-dev zlib1g-dev
+    # git over ssh in the agent's source tests: a private sshd on loopback
+    openssh-server openssh-client
 )
 
 installed=()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The README's first command: build registry-core, run it on 127.0.0.1 with a first admin user,
-# and show a real push and pull with buildah, skopeo and podman. Safe to run again: it reuses the
-# config, the admin password and a running server.
+# The README's first command: build Quarry, run it on 127.0.0.1 with a first admin user on its
+# embedded defaults (SQLite, filesystem blobs, in-process orchestrator, popen executor), run a real
+# build of fixtures/builds/sample through it, and print how to pull the image. Safe to run again:
+# it reuses the config, the admin password, the API token and a running server.
 set -euo pipefail
 
 usage() {
@@ -9,22 +10,25 @@ usage() {
 Usage: scripts/quickstart.sh [--no-install] [--stop] [--help]
 
   1. installs missing system packages (scripts/install-deps.sh) unless --no-install;
-  2. cargo build --release -p registry-core;
-  3. writes $QUARRY_HOME/config.yaml if absent (SUPER_USERS: [admin], 127.0.0.1:$QUARRY_PORT);
+  2. cargo build --release -p buildman -p builder-agent;
+  3. writes $QUARRY_HOME/config.yaml if absent (SUPER_USERS: [admin], 127.0.0.1:$QUARRY_PORT, no
+     BUILD_MANAGER section: the embedded single-machine defaults);
   4. creates the admin user "admin" with a generated password, kept in $QUARRY_HOME/admin-password
-     (mode 600) so that later runs reuse it;
-  5. starts `registry-core --config $QUARRY_HOME/config.yaml serve` in the background (pid file and
+     (mode 600), and an API token kept in $QUARRY_HOME/api-token, so later runs reuse them;
+  5. starts `buildman --config $QUARRY_HOME/config.yaml serve` in the background (pid file and
      log in $QUARRY_HOME), or reuses the one already running;
-  6. builds a one-file image with buildah (from scratch, isolated vfs storage under $QUARRY_HOME),
-     pushes it to 127.0.0.1:$QUARRY_PORT/admin/hello:latest, reads it back with skopeo inspect
-     and podman pull, and prints the credentials and the commands to use next.
+  6. pushes a busybox base image (scripts/make-base-image.sh: nothing comes from the internet),
+     uploads fixtures/builds/sample as a .tar.gz, starts a build of admin/sample through the REST
+     API, follows its phases and log lines, checks the pushed image with skopeo, and prints the
+     pull command.
 
   --no-install  skip scripts/install-deps.sh
-  --stop        stop the server this script started, then exit
+  --stop        stop the server this script started (and its build agents), then exit
   --help        show this help
 
 Environment: QUARRY_HOME (default ${XDG_DATA_HOME:-~/.local/share}/quarry), QUARRY_PORT (default
-5000; used only when config.yaml is written), CARGO_TARGET_DIR.
+5000; used only when config.yaml is written; agents dial gRPC on 127.0.0.1:50051),
+CARGO_TARGET_DIR.
 EOF
 }
 
@@ -41,35 +45,40 @@ done
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 QUARRY_HOME="${QUARRY_HOME:-${XDG_DATA_HOME:-$HOME/.local/share}/quarry}"
 CONFIG="$QUARRY_HOME/config.yaml"
-PIDFILE="$QUARRY_HOME/registry-core.pid"
-LOG="$QUARRY_HOME/registry-core.log"
+PIDFILE="$QUARRY_HOME/buildman.pid"
+LOG="$QUARRY_HOME/buildman.log"
 PWFILE="$QUARRY_HOME/admin-password"
-CLIENT="$QUARRY_HOME/clients" # buildah/podman storage and the registry auth file of this demo
+TOKENFILE="$QUARRY_HOME/api-token"
 TARGET="${CARGO_TARGET_DIR:-target}"
 [[ "$TARGET" == /* ]] || TARGET="$PWD/$TARGET" # printed below, so make it absolute
-BIN="$TARGET/release/registry-core"
+BIN="$TARGET/release/buildman"
 
 say() { echo "quickstart: $*"; }
 die() { echo "quickstart: $*" >&2; exit 1; }
 
-# The pid in $PIDFILE if that process is still a registry-core, else nothing.
+# The pid in pid file $1 if that process still runs a binary named $2, else nothing.
 running_pid() {
     local pid
-    [[ -f "$PIDFILE" ]] || return 0
-    pid="$(<"$PIDFILE")"
-    if [[ "$pid" =~ ^[0-9]+$ ]] && [[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" == */registry-core* ]]; then
+    [[ -f "$1" ]] || return 0
+    pid="$(<"$1")"
+    if [[ "$pid" =~ ^[0-9]+$ ]] && [[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" == */"$2"* ]]; then
         echo "$pid"
     fi
 }
 
+# SIGTERM, then wait up to 15 s (buildman stops its build agents before it exits).
+stop_pid() {
+    kill "$1"
+    for _ in $(seq 150); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+}
+
 if ((STOP)); then
-    pid="$(running_pid)"
+    pid="$(running_pid "$PIDFILE" buildman)"
     if [[ -z "$pid" ]]; then
-        say "no registry-core started by this script is running"
+        say "no buildman started by this script is running"
     else
-        kill "$pid"
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        say "stopped registry-core (pid $pid)"
+        stop_pid "$pid"
+        say "stopped buildman (pid $pid) and its build agents"
     fi
     rm -f "$PIDFILE"
     exit 0
@@ -79,23 +88,25 @@ if ((INSTALL)); then
     scripts/install-deps.sh
 fi
 
-say "building registry-core (release)"
-cargo build --release --locked -p registry-core --bin registry-core
+say "building buildman and builder-agent (release)"
+cargo build --release --locked -p buildman -p builder-agent --bins
 
-mkdir -p "$QUARRY_HOME" "$CLIENT"
+mkdir -p "$QUARRY_HOME"
 chmod 700 "$QUARRY_HOME"
 if [[ ! -f "$CONFIG" ]]; then
     port="${QUARRY_PORT:-5000}"
     cat >"$CONFIG" <<EOF
-# Written by scripts/quickstart.sh; see registry-core/README.md for every key.
+# Written by scripts/quickstart.sh; see buildman/README.md and registry-core/README.md for every
+# key. Without a BUILD_MANAGER section buildman uses its embedded single-machine defaults.
 SERVER_HOSTNAME: 127.0.0.1:$port
 LISTEN_ADDR: 127.0.0.1:$port
 DATA_DIR: $QUARRY_HOME/registry
 SUPER_USERS: [admin]
+FEATURE_BUILD_SUPPORT: true
 EOF
     say "wrote $CONFIG"
 fi
-"$BIN" --config "$CONFIG" check-config >/dev/null || die "$CONFIG is invalid (see above)"
+"$BIN" --config "$CONFIG" check-config || die "$CONFIG is invalid (see above)"
 # Clients use SERVER_HOSTNAME (the token realm points there), so that is the address we use too.
 ADDR="$(sed -n 's/^SERVER_HOSTNAME: *//p' "$CONFIG" | tr -d "\"' ")"
 [[ -n "$ADDR" ]] || die "$CONFIG has no SERVER_HOSTNAME line"
@@ -114,11 +125,23 @@ if [[ ! -s "$PWFILE" ]]; then
     (umask 077 && printf '%s\n' "$password" >"$PWFILE")
     say "created user admin (password in $PWFILE)"
 fi
-PASSWORD="$(<"$PWFILE")"
+# An API token for the REST calls below, kept like the password.
+if [[ ! -s "$TOKENFILE" ]]; then
+    token="$("$BIN" --config "$CONFIG" admin token create admin quickstart)"
+    (umask 077 && printf '%s\n' "$token" >"$TOKENFILE")
+fi
+TOKEN="$(<"$TOKENFILE")"
 
-pid="$(running_pid)"
+# A registry-core started by the previous version of this script holds the port: stop it.
+old="$(running_pid "$QUARRY_HOME/registry-core.pid" registry-core)"
+if [[ -n "$old" ]]; then
+    stop_pid "$old"
+    rm -f "$QUARRY_HOME/registry-core.pid"
+    say "stopped the registry-core an earlier quickstart started (pid $old): buildman serves the registry now"
+fi
+pid="$(running_pid "$PIDFILE" buildman)"
 if [[ -n "$pid" ]]; then
-    say "reusing registry-core already running (pid $pid)"
+    say "reusing buildman already running (pid $pid)"
 else
     if (exec 3<>"/dev/tcp/${ADDR%:*}/${ADDR##*:}") 2>/dev/null; then
         die "something else listens on $ADDR; stop it or choose another port: QUARRY_PORT=5001 after removing $CONFIG"
@@ -127,65 +150,80 @@ else
     setsid "$BIN" --config "$CONFIG" serve </dev/null >>"$LOG" 2>&1 &
     pid=$!
     echo "$pid" >"$PIDFILE"
-    say "started registry-core (pid $pid, log $LOG)"
+    say "started buildman (pid $pid, log $LOG)"
 fi
 for i in $(seq 300); do
     code="$(curl -s -o /dev/null -w '%{http_code}' "http://$ADDR/v2/" || true)"
     [[ "$code" == 401 || "$code" == 200 ]] && break
-    kill -0 "$pid" 2>/dev/null || { tail -20 "$LOG" >&2; die "registry-core exited; log above"; }
-    ((i < 300)) || die "registry-core did not answer on http://$ADDR/v2/ within 30 s (log: $LOG)"
+    kill -0 "$pid" 2>/dev/null || { tail -20 "$LOG" >&2; die "buildman exited; log above"; }
+    ((i < 300)) || die "buildman did not answer on http://$ADDR/v2/ within 30 s (log: $LOG)"
     sleep 0.1
 done
-curl -fsS -o /dev/null -u "admin:$PASSWORD" \
-    "http://$ADDR/v2/auth?service=$ADDR&scope=repository:admin/hello:pull,push" ||
-    die "the password in $PWFILE is refused by the registry; remove $QUARRY_HOME to start over"
 
-# A tiny image, built offline: one static file in an empty (scratch) image. Every client keeps its
-# state under $CLIENT (vfs storage, no system store touched) and reads the password from an auth
-# file written by `login --password-stdin`, so it never appears on a command line.
-AUTH=(--authfile "$CLIENT/auth.json")
-BUILDAH=(buildah --root "$CLIENT/buildah/root" --runroot "$CLIENT/buildah/run" --storage-driver vfs)
-PODMAN=(podman --root "$CLIENT/podman/root" --runroot "$CLIENT/podman/run" --storage-driver vfs)
-IMAGE="$ADDR/admin/hello:latest"
-[[ -s "$CLIENT/auth.json" ]] || (umask 077 && echo '{}' >"$CLIENT/auth.json")
-printf '%s\n' "$PASSWORD" | buildah login --tls-verify=false "${AUTH[@]}" -u admin --password-stdin "$ADDR" >/dev/null
+# curl reads the Authorization header from a file, so the token never appears on a command line.
+HDR="$QUARRY_HOME/.api-header"
+(umask 077 && printf 'Authorization: Bearer %s\n' "$TOKEN" >"$HDR")
+api() { curl -fsS -H "@$HDR" -H 'Content-Type: application/json' "$@"; }
+api -o /dev/null "http://$ADDR/api/v1/user/" ||
+    die "the API token in $TOKENFILE is refused; remove $QUARRY_HOME to start over"
 
-say "building a one-file image with buildah"
-printf 'hello from quarry\n' >"$CLIENT/hello.txt"
-ctr="$("${BUILDAH[@]}" from scratch)"
-"${BUILDAH[@]}" copy "$ctr" "$CLIENT/hello.txt" /hello.txt >/dev/null
-"${BUILDAH[@]}" config --label org.opencontainers.image.title=quarry-hello "$ctr"
-"${BUILDAH[@]}" commit --quiet --rm "$ctr" localhost/quarry-hello:latest >/dev/null
+# The base image: busybox from the Debian package, since nothing can be pulled from the internet.
+BASE="$ADDR/admin/busybox:latest"
+"$BIN" --config "$CONFIG" admin repo create admin/busybox --public >/dev/null 2>&1 || true
+"$BIN" --config "$CONFIG" admin repo create admin/sample >/dev/null 2>&1 || true
+say "pushing the base image $BASE"
+scripts/make-base-image.sh "$BASE" --creds "\$token:$TOKEN" >/dev/null
 
-say "pushing $IMAGE with buildah"
-"${BUILDAH[@]}" push --quiet --tls-verify=false "${AUTH[@]}" localhost/quarry-hello:latest "docker://$IMAGE"
+say "uploading fixtures/builds/sample and starting a build of $ADDR/admin/sample"
+drop="$(api -X POST -d '{"mimeType": "application/gzip"}' "http://$ADDR/api/v1/filedrop/")"
+file_id="$(jq -r .file_id <<<"$drop")"
+tar -C fixtures/builds/sample -czf - . |
+    curl -fsS -H "@$HDR" -X PUT --data-binary @- "$(jq -r .url <<<"$drop")" >/dev/null
+request="$(jq -n --arg f "$file_id" --arg b "$BASE" \
+    '{file_id: $f, docker_tags: ["latest"], build_args: {BASE: $b, GREETING: "hello"}}')"
+uuid="$(api -X POST -d "$request" "http://$ADDR/api/v1/repository/admin/sample/build/" | jq -r .id)"
+say "build $uuid queued; following it:"
 
-say "reading it back with skopeo inspect"
-pushed="$(skopeo inspect --tls-verify=false "${AUTH[@]}" "docker://$IMAGE" | jq -r .Digest)"
-say "  $IMAGE is $pushed"
-
-say "pulling it with podman (isolated storage)"
-"${PODMAN[@]}" pull --quiet --tls-verify=false "${AUTH[@]}" "$IMAGE" >/dev/null
-pulled="$("${PODMAN[@]}" image inspect --format '{{.Digest}}' "$IMAGE")"
-[[ "$pulled" == "$pushed" ]] || die "podman pulled $pulled, but the registry serves $pushed"
-say "  podman has $IMAGE at $pulled"
+# Follow the build: print each new log entry, stop at a final phase.
+seen=0 phase=""
+deadline=$((SECONDS + 900))
+while :; do
+    # The phase first, then the log: the last lines of a finished build are printed too.
+    phase="$(api "http://$ADDR/api/v1/repository/admin/sample/build/$uuid/status" | jq -r .phase)"
+    logs="$(api "http://$ADDR/api/v1/repository/admin/sample/build/$uuid/logs?start=$seen")"
+    jq -r '.logs[] | if .type == "phase" then "  == \(.message) ==" else "  | \(.message)" end' <<<"$logs"
+    seen=$(($(jq -r '.start' <<<"$logs") + $(jq -r '.logs | length' <<<"$logs")))
+    case "$phase" in complete | error | expired | cancelled) break ;; esac
+    ((SECONDS < deadline)) || die "build $uuid still $phase after 15 minutes (server log: $LOG)"
+    sleep 1
+done
+view="$(api "http://$ADDR/api/v1/repository/admin/sample/build/$uuid")"
+if [[ "$phase" != complete ]]; then
+    die "build $uuid ended $phase: $(jq -r '.error // "no reason recorded"' <<<"$view") (server log: $LOG)"
+fi
+IMAGE="$ADDR/admin/sample:latest"
+built="$(jq -r '.manifest_digests[0]' <<<"$view")"
+served="$(skopeo inspect --tls-verify=false --creds "\$token:$TOKEN" "docker://$IMAGE" | jq -r .Digest)"
+[[ "$served" == "$built" ]] || die "the build reported $built but the registry serves $served"
+say "built and pushed $IMAGE ($built)"
 
 cat <<EOF
 
-Quarry's registry is running at http://$ADDR (pid $pid).
+Quarry is running at http://$ADDR (pid $pid): registry, REST API and build manager in one process.
   data and config: $QUARRY_HOME   log: $LOG
 
-Admin user:  admin
-Password:    $PASSWORD   (kept in $PWFILE)
+Admin user:  admin     password in $PWFILE, API token in $TOKENFILE
 
-Use it with your own podman:
+Pull the image you just built:
   podman login --tls-verify=false -u admin $ADDR
   podman pull --tls-verify=false $IMAGE
-  podman push --tls-verify=false <image> $ADDR/admin/<name>:<tag>
+
+Build again: POST a .tar.gz to /api/v1/filedrop/ (or give an archive_url or a git url and sha),
+then POST /api/v1/repository/admin/sample/build/ as above (README.md, "Builds").
 
 More accounts, organisations, robots and permissions:
   $BIN --config $CONFIG admin --help
 
-Stop the server:
+Stop the server and any running build agents:
   scripts/quickstart.sh --stop        (or: kill \$(cat $PIDFILE))
 EOF

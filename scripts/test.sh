@@ -15,7 +15,7 @@ the first failing tier (exit 1, naming it):
   integration   cargo test --test '*': tests/*.rs, e.g. registry-core's conformance suite and
                 crash tests against the live binary on 127.0.0.1
   heavy         cargo test --tests -- --ignored: only the #[ignore]d tests (real skopeo, podman,
-                buildah clients)
+                buildah clients; podman builds through buildman and builder-agent)
 
   --no-install  do not run scripts/install-deps.sh first
   --tier NAME   run only this tier (repeatable); the order above is kept
@@ -73,17 +73,24 @@ tier_unit() {
     run "${CARGO_TEST[@]}" --doc
 }
 
+# Every binary first: buildman's tests start builder-agent, which lives in another package.
+build_bins() { run cargo build --workspace --locked --bins; }
+
 # Integration test targets only (the lib and bin unit tests ran in tier "unit").
-tier_integration() { run "${CARGO_TEST[@]}" --test '*'; }
+tier_integration() {
+    build_bins
+    run "${CARGO_TEST[@]}" --test '*'
+}
 
 tier_heavy() {
     local tool
-    for tool in skopeo podman buildah; do
+    for tool in skopeo podman buildah runc redis-server git busybox; do
         command -v "$tool" >/dev/null || {
             echo "test: heavy tier needs $tool on PATH (scripts/install-deps.sh installs it)" >&2
             return 1
         }
     done
+    build_bins
     # --tests = lib, bins and integration tests; -- --ignored runs only the ignored ones there.
     run "${CARGO_TEST[@]}" --tests -- --ignored
 }

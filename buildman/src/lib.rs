@@ -1,10 +1,22 @@
-//! Quarry build manager (not implemented yet: issue 3 and later).
+//! Quarry build manager.
 //!
-//! This crate will own the build queue, the orchestrator (Redis, or in-process when none is
-//! configured), the scheduler, the executors (`popen`, `qemu`, `kubernetes`, `kubernetesPodman`),
-//! the `buildman_pb.BuildManager` gRPC service for agents, the Quay-compatible REST API for builds,
-//! triggers and notifications, the webhook endpoint, notification delivery and build logs.
-//! `buildman serve` will also mount `registry-core`, so that one process is a whole install.
-//!
-//! Today it contains nothing: no build can be submitted or run yet.
+//! It owns the durable build queue ([`queue`], in `builds.db`), the orchestrator of running jobs
+//! (Redis with Quay's key layout, or in-process), the scheduler and executors, the
+//! `buildman_pb.BuildManager` gRPC service the agents dial, Quay's REST API for builds, and build
+//! logs. `buildman serve` also mounts registry-core, so one process is a whole single-machine
+//! install.
 #![warn(missing_docs)]
+
+pub mod api;
+pub mod config;
+pub mod control;
+pub mod db;
+pub mod executor;
+pub mod grpc;
+pub mod logs;
+pub mod manager;
+pub mod model;
+pub mod orchestrator;
+pub mod queue;
+pub mod server;
+pub mod tokens;

@@ -245,10 +245,36 @@ pub fn run(config: &Config, command: &AdminCommand, mut io: AdminIo<'_>) -> Resu
                 &format!("{who:?} has role {} on {repo:?}", role.as_str()),
             )
         }
-        AdminCommand::Token(TokenCommand::Create { user, title }) => {
-            let token = db.write_blocking(|tx| {
-                let user = accounts::get_kind(tx, user, AccountKind::User)?;
-                tokens::create(tx, &user, title)
+        AdminCommand::Token(TokenCommand::Create {
+            user,
+            title,
+            repo,
+            role,
+            expires_in,
+        }) => {
+            let scope = match (repo, role, expires_in) {
+                (None, None, None) => None,
+                _ => Some(tokens::TokenScope {
+                    repository: repo.as_deref().map(str::parse).transpose()?,
+                    max_role: role.as_deref().map_or(Ok(Role::Admin), str::parse)?,
+                    expires_at_ms: expires_in.map(|s| {
+                        let ms = i64::try_from(s.saturating_mul(1_000)).unwrap_or(i64::MAX);
+                        crate::db::now_ms().saturating_add(ms)
+                    }),
+                }),
+            };
+            let token = db.write_blocking(|tx| match &scope {
+                None => {
+                    tokens::create(tx, &accounts::get_kind(tx, user, AccountKind::User)?, title)
+                }
+                Some(scope) => {
+                    let kind = match robots::split_name(user) {
+                        Some(_) => AccountKind::Robot,
+                        None => AccountKind::User,
+                    };
+                    let owner = accounts::get_kind(tx, user, kind)?;
+                    tokens::create_scoped(tx, &owner, title, scope)
+                }
             })?;
             say(&mut io, &token)
         }
@@ -389,5 +415,31 @@ mod tests {
             matches!(err, AdminError::Account(AccountError::WrongKind { .. })),
             "{err}"
         );
+    }
+
+    #[test]
+    fn scoped_tokens_from_the_cli() {
+        let a = Admin::new();
+        a.run("user create alice", "pw").unwrap();
+        a.run("org create acme --owner alice", "").unwrap();
+        a.run("robot create acme ci", "").unwrap();
+        let scoped = a
+            .run(
+                "token create acme+ci b --repo acme/app --role read --expires-in 60",
+                "",
+            )
+            .unwrap();
+        let db = open_db(&a.config).unwrap();
+        let got = db
+            .write_blocking(|tx| tokens::check(tx, scoped.trim()))
+            .unwrap()
+            .unwrap();
+        let scope = got.scope.unwrap();
+        assert_eq!(got.account.name, "acme+ci");
+        assert_eq!(scope.repository.unwrap().as_str(), "acme/app");
+        assert_eq!(scope.max_role, Role::Read);
+        assert!(scope.expires_at_ms.unwrap() > crate::db::now_ms());
+        let err = a.run("token create alice b --role none", "").unwrap_err();
+        assert!(err.to_string().starts_with("role \"none\""), "{err}");
     }
 }

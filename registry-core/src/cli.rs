@@ -199,12 +199,23 @@ pub struct PermissionTarget {
 /// `admin token ...`.
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Create an access token for a user; prints the token.
+    /// Create an access token for a user; prints the token. With any of `--repo`, `--role`,
+    /// `--expires-in` it is a scoped token (owner may then also be a robot): it reaches only
+    /// repositories, never namespace administration.
     Create {
-        /// The user.
+        /// The user (or, for a scoped token, the robot `<namespace>+<short>`).
         user: String,
         /// What the token is for.
         title: String,
+        /// Scoped: the only repository the token reaches (default: all of the owner's).
+        #[arg(long)]
+        repo: Option<String>,
+        /// Scoped: the role ceiling, read (pull), write (pull, push) or admin (default).
+        #[arg(long)]
+        role: Option<String>,
+        /// Scoped: seconds until the token stops working (default: never).
+        #[arg(long, value_name = "SECONDS")]
+        expires_in: Option<u64>,
     },
 }
 

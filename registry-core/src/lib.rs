@@ -54,6 +54,16 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(state, listener, Router::new(), shutdown).await
+}
+
+/// [`serve`] with `extra` routes (buildman's API) merged beside the registry's.
+pub async fn serve_with(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    extra: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     use axum::serve::ListenerExt as _;
     let maintenance = tokio::spawn(storage::cleanup::run(state.clone()));
     // Without TCP_NODELAY, a response written as headers then body on a keep-alive connection
@@ -63,7 +73,7 @@ pub async fn serve(
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
     });
-    let result = axum::serve(listener, router(state))
+    let result = axum::serve(listener, router(state).merge(extra))
         .with_graceful_shutdown(shutdown)
         .await;
     maintenance.abort();

@@ -25,6 +25,8 @@ mod management;
 mod pull;
 #[path = "conformance/push.rs"]
 mod push;
+#[path = "conformance/tokens.rs"]
+mod tokens;
 #[path = "conformance/upload.rs"]
 mod upload;
 

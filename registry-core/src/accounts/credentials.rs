@@ -1,16 +1,23 @@
 //! Credential checks shared by `/v2/auth` and the REST API.
 //!
 //! Basic credentials are a user and password, a robot `ns+short` and its token, or `$token` and an
-//! access token; the REST API also takes `Authorization: Bearer <access token>`. A failed check
+//! access token; the REST API also takes `Authorization: Bearer <access token>`. A robot may also
+//! log in with a scoped access token it owns (see [`tokens::create_scoped`]). A failed check
 //! never says which part was wrong.
+//!
+//! What a [`Principal`] may do is computed here, from the account's rights capped by the token's
+//! [`TokenScope`]: handlers ask the principal, not `permissions`, so no path forgets the cap.
 
 use base64::Engine as _;
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
+use rusqlite::Connection;
 
-use super::tokens::TOKEN_USER;
+use super::permissions::{self, Role};
+use super::tokens::{TOKEN_USER, TokenScope};
 use super::{Account, AccountError, robots, secrets, tokens, users};
 use crate::db::Db;
+use crate::names::RepoName;
 
 /// How a caller proved who it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +48,73 @@ pub struct Principal {
     pub account: Account,
     /// The credential it used.
     pub via: CredentialKind,
+    /// The scope of a scoped access token; `None` for passwords, robot and unscoped tokens.
+    pub scope: Option<TokenScope>,
+}
+
+impl Principal {
+    /// The account, when the credential may act for it beyond single repositories (administer
+    /// namespaces, manage robots and teams, create organisations, superuser API): every credential
+    /// but a scoped token.
+    pub fn unscoped(&self) -> Option<&Account> {
+        self.scope.is_none().then_some(&self.account)
+    }
+
+    /// Whether the caller acts as a superuser (never through a scoped token).
+    pub fn is_superuser(&self, super_users: &[String]) -> bool {
+        self.unscoped().is_some_and(|a| a.is_superuser(super_users))
+    }
+
+    /// The caller's role on `repo`: the account's, capped by the token scope.
+    pub fn repo_role(
+        &self,
+        conn: &Connection,
+        super_users: &[String],
+        repo: &RepoName,
+    ) -> Result<Role, AccountError> {
+        let role = permissions::repo_role(conn, Some(&self.account), super_users, repo)?;
+        Ok(self.scope.as_ref().map_or(role, |s| s.cap(repo, role)))
+    }
+
+    /// Whether the caller may create `repo`: the account may create in its namespace and the
+    /// scope (if any) covers it with at least write.
+    pub fn can_create(
+        &self,
+        conn: &Connection,
+        super_users: &[String],
+        repo: &RepoName,
+    ) -> Result<bool, AccountError> {
+        if self.scope.as_ref().is_some_and(|s| !s.may_create(repo)) {
+            return Ok(false);
+        }
+        permissions::can_create(conn, Some(&self.account), super_users, repo.namespace())
+    }
+
+    /// Whether the caller administers `namespace` (never through a scoped token).
+    pub fn administers(
+        &self,
+        conn: &Connection,
+        super_users: &[String],
+        namespace: &Account,
+    ) -> Result<bool, AccountError> {
+        match self.unscoped() {
+            Some(account) => permissions::administers(conn, account, super_users, namespace),
+            None => Ok(false),
+        }
+    }
+}
+
+/// The role of `who` (`None` = anonymous) on `repo`, scope caps applied.
+pub fn repo_role(
+    conn: &Connection,
+    who: Option<&Principal>,
+    super_users: &[String],
+    repo: &RepoName,
+) -> Result<Role, AccountError> {
+    match who {
+        Some(p) => p.repo_role(conn, super_users, repo),
+        None => permissions::repo_role(conn, None, super_users, repo),
+    }
 }
 
 /// The credentials found in an `Authorization` header.
@@ -122,12 +196,23 @@ pub async fn check_basic(
     let secret = secret.to_owned();
     if robots::split_name(username).is_some() {
         let robot = db
-            .read(move |c| robots::check_token(c, &name, &secret))
+            .read(move |c| {
+                if let Some(account) = robots::check_token(c, &name, &secret)? {
+                    return Ok(Some(Principal {
+                        account,
+                        via: CredentialKind::RobotToken,
+                        scope: None,
+                    }));
+                }
+                // An access token the robot owns (a build's pull token) also logs it in.
+                Ok::<_, AccountError>(
+                    tokens::check(c, &secret)?
+                        .filter(|t| t.account.name == name)
+                        .map(access_principal),
+                )
+            })
             .await?;
-        return Ok(robot.map(|account| Principal {
-            account,
-            via: CredentialKind::RobotToken,
-        }));
+        return Ok(robot);
     }
     let record = db.read(move |c| users::login_record(c, &name)).await?;
     // argon2 is deliberately slow: run it on the blocking pool, not on the async threads.
@@ -143,17 +228,23 @@ pub async fn check_basic(
     Ok(account.map(|account| Principal {
         account,
         via: CredentialKind::Password,
+        scope: None,
     }))
+}
+
+fn access_principal(t: tokens::CheckedToken) -> Principal {
+    Principal {
+        account: t.account,
+        via: CredentialKind::AccessToken,
+        scope: t.scope,
+    }
 }
 
 /// Check an access token; `None` when it is unknown, expired or its account disabled.
 pub async fn check_access_token(db: &Db, token: &str) -> Result<Option<Principal>, AccountError> {
     let token = token.to_owned();
-    let account = db.read(move |c| tokens::check(c, &token)).await?;
-    Ok(account.map(|account| Principal {
-        account,
-        via: CredentialKind::AccessToken,
-    }))
+    let checked = db.read(move |c| tokens::check(c, &token)).await?;
+    Ok(checked.map(access_principal))
 }
 
 /// Who the caller of a request is.
@@ -188,8 +279,9 @@ pub fn basic_header(user: &str, secret: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{orgs, robots, tokens, users};
+    use super::super::{orgs, repositories, robots, tokens, users};
     use super::*;
+    use crate::repos::Visibility;
 
     fn headers(value: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -276,6 +368,109 @@ mod tests {
         assert_eq!(
             identify(&db, &Presented::None).await.unwrap(),
             Identity::Anonymous
+        );
+    }
+
+    fn scope(repo: Option<&str>, max_role: Role) -> TokenScope {
+        TokenScope {
+            repository: repo.map(|r| r.parse().unwrap()),
+            max_role,
+            expires_at_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn scoped_tokens_log_in_and_are_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("meta.db")).unwrap();
+        let (push, pull) = db
+            .write(move |tx| {
+                let root = users::create(tx, "root", None, None)?;
+                let acme = orgs::create(tx, "acme", None, &root)?;
+                for r in ["acme/app", "acme/base"] {
+                    let name = r.parse().unwrap();
+                    repositories::create(tx, &name, Visibility::Private, "")?;
+                }
+                let (bot, _) = robots::create(tx, &acme, "puller", "")?;
+                robots::create(tx, &acme, "other", "")?;
+                let base = "acme/base".parse().unwrap();
+                permissions::set_for_account(tx, &base, &bot, Role::Read)?;
+                let push = scope(Some("acme/app"), Role::Write);
+                let push = tokens::create_scoped(tx, &root, "build:1:push", &push)?;
+                let pull = scope(None, Role::Read);
+                let pull = tokens::create_scoped(tx, &bot, "build:1:pull", &pull)?;
+                Ok::<_, AccountError>((push, pull))
+            })
+            .await
+            .unwrap();
+        let su = ["root".to_owned()];
+        // root is superuser and owns acme, but its build token only writes acme/app.
+        let p = check_basic(&db, "$token", &push).await.unwrap().unwrap();
+        assert_eq!(p.scope, Some(scope(Some("acme/app"), Role::Write)));
+        assert!(!p.is_superuser(&su) && p.unscoped().is_none());
+        let (app, base, new, elsewhere): (RepoName, RepoName, RepoName, RepoName) = (
+            "acme/app".parse().unwrap(),
+            "acme/base".parse().unwrap(),
+            "acme/new".parse().unwrap(),
+            "root/new".parse().unwrap(),
+        );
+        let p2 = p.clone();
+        let (roles, creates, admin) = db
+            .read(move |c| {
+                let acme = super::super::find(c, "acme")?.unwrap();
+                Ok::<_, AccountError>((
+                    [&app, &base].map(|r| p2.repo_role(c, &su, r).unwrap()),
+                    [&app, &new, &elsewhere].map(|r| p2.can_create(c, &su, r).unwrap()),
+                    p2.administers(c, &su, &acme)?,
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(roles, [Role::Write, Role::None]);
+        assert_eq!(creates, [true, false, false]);
+        assert!(!admin);
+        // The robot's pull token logs in under the robot's name (or $token), never another's.
+        let r = check_basic(&db, "acme+puller", &pull)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (r.account.name.as_str(), r.via),
+            ("acme+puller", CredentialKind::AccessToken)
+        );
+        assert!(check_basic(&db, "$token", &pull).await.unwrap().is_some());
+        assert!(
+            check_basic(&db, "acme+other", &pull)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            check_basic(&db, "acme+puller", &push)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let role = db
+            .read(move |c| r.repo_role(c, &[], &"acme/base".parse().unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(role, Role::Read);
+        // Once deleted (the build ended), the tokens stop working.
+        let push2 = push.clone();
+        db.write(move |tx| {
+            assert!(tokens::delete(tx, &push2)?);
+            assert_eq!(tokens::delete_by_title(tx, "build:1:pull")?, 1);
+            Ok::<_, AccountError>(())
+        })
+        .await
+        .unwrap();
+        assert!(check_basic(&db, "$token", &push).await.unwrap().is_none());
+        assert!(
+            check_basic(&db, "acme+puller", &pull)
+                .await
+                .unwrap()
+                .is_none()
         );
     }
 }

@@ -33,8 +33,13 @@ pub async fn create(
     body: Bytes,
 ) -> Result<Response, ApiV1Error> {
     let req: NewOrg = parse_body(&body)?;
-    if caller.account.kind != AccountKind::User {
-        return Err(forbidden("create organisations: only users may"));
+    if caller
+        .unscoped()
+        .is_none_or(|a| a.kind != AccountKind::User)
+    {
+        return Err(forbidden(
+            "create organisations: only users may, and not with a scoped token",
+        ));
     }
     state
         .db
@@ -68,7 +73,8 @@ pub async fn get(
         .db
         .read(move |conn| {
             let org = accounts::get_kind(conn, &org, AccountKind::Org)?;
-            let who = caller.as_ref().map(|p| &p.account);
+            // A scoped token sees an organisation as anonymous callers do.
+            let who = caller.as_ref().and_then(Principal::unscoped);
             let is_admin = match who {
                 Some(w) => permissions::administers(conn, w, &su, &org)?,
                 None => false,
@@ -119,7 +125,7 @@ where
         .db
         .write(move |tx| {
             let org = accounts::get_kind(tx, &org, AccountKind::Org)?;
-            if !permissions::administers(tx, &caller.account, &su, &org)? {
+            if !caller.administers(tx, &su, &org)? {
                 return Err(forbidden(format!("administer organisation {:?}", org.name)));
             }
             f(tx, &org)
@@ -174,8 +180,12 @@ pub async fn members(
         .db
         .read(move |conn| {
             let (org, t) = orgs::get_team(conn, &org, &team)?;
-            let is_admin = permissions::administers(conn, &caller.account, &su, &org)?;
-            if !is_admin && orgs::teams_of(conn, caller.account.id, org.id)?.is_empty() {
+            let is_admin = caller.administers(conn, &su, &org)?;
+            let is_member = match caller.unscoped() {
+                Some(a) => !orgs::teams_of(conn, a.id, org.id)?.is_empty(),
+                None => false,
+            };
+            if !is_admin && !is_member {
                 return Err(forbidden(format!(
                     "view teams of organisation {:?}",
                     org.name

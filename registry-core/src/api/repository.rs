@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use super::common::{Access, Caller, MaybeCaller, forbidden, parse_body, repo_name, rfc3339_ms};
 use super::error::ApiV1Error;
-use crate::accounts::credentials::Principal;
+use crate::accounts::credentials::{self, Principal};
 use crate::accounts::permissions::{self, Role};
 use crate::accounts::{self, AccountError, AccountKind, repositories};
 use crate::names::RepoName;
@@ -61,7 +61,8 @@ pub async fn create(
         .db
         .write(move |tx| {
             accounts::get_namespace(tx, name.namespace())?;
-            if !permissions::can_create(tx, Some(&caller.account), &su, name.namespace())? {
+            // A scoped token creates only the repository it is scoped to.
+            if !caller.can_create(tx, &su, &name)? {
                 return Err(forbidden(format!(
                     "create repositories in namespace {:?}",
                     name.namespace()
@@ -87,13 +88,12 @@ pub async fn get(
     state
         .db
         .read(move |conn| {
-            let who = caller.as_ref().map(|p| &p.account);
-            let mut role = permissions::repo_role(conn, who, &su, &name)?;
-            if who.is_none() && !anonymous_access {
+            let mut role = credentials::repo_role(conn, caller.as_ref(), &su, &name)?;
+            if caller.is_none() && !anonymous_access {
                 role = Role::None;
             }
             if role < Role::Read {
-                return Err(match who {
+                return Err(match caller {
                     None => ApiV1Error::Unauthenticated,
                     Some(_) => forbidden(format!("read repository {:?}", name.as_str())),
                 });
@@ -165,7 +165,7 @@ where
     let su = state.config.super_users.clone();
     access
         .run(&state.db, move |conn| {
-            require_admin(conn, &caller.account, &su, &name)?;
+            require_admin(conn, &caller, &su, &name)?;
             f(conn, &name)
         })
         .await
@@ -174,11 +174,11 @@ where
 /// Refuse unless `who` is admin of `name` (a missing repository is then a 404).
 fn require_admin(
     conn: &Connection,
-    who: &accounts::Account,
+    who: &Principal,
     super_users: &[String],
     name: &RepoName,
 ) -> Result<(), ApiV1Error> {
-    if permissions::repo_role(conn, Some(who), super_users, name)? < Role::Admin {
+    if who.repo_role(conn, super_users, name)? < Role::Admin {
         return Err(forbidden(format!(
             "administer repository {:?}",
             name.as_str()

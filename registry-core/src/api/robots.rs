@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::common::{Access, Caller, forbidden, parse_body, rfc3339_ms};
 use super::error::ApiV1Error;
 use crate::accounts::credentials::Principal;
-use crate::accounts::{self, Account, AccountKind, permissions, robots};
+use crate::accounts::{self, Account, AccountKind, robots};
 use crate::state::AppState;
 
 /// Whose robots a route manages.
@@ -43,11 +43,15 @@ fn namespace(
     owner: &Owner,
 ) -> Result<Account, ApiV1Error> {
     match owner {
-        Owner::Me if caller.account.kind == AccountKind::User => Ok(caller.account.clone()),
-        Owner::Me => Err(forbidden("manage robots: only users own robots")),
+        Owner::Me => match caller.unscoped() {
+            Some(a) if a.kind == AccountKind::User => Ok(a.clone()),
+            _ => Err(forbidden(
+                "manage robots: only users own robots, and not through a scoped token",
+            )),
+        },
         Owner::Org(org) => {
             let org = accounts::get_kind(conn, org, AccountKind::Org)?;
-            if !permissions::administers(conn, &caller.account, super_users, &org)? {
+            if !caller.administers(conn, super_users, &org)? {
                 return Err(forbidden(format!(
                     "manage robots of organisation {:?}",
                     org.name

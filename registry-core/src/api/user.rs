@@ -18,7 +18,7 @@ pub async fn me(
     State(state): State<AppState>,
     Caller(caller): Caller,
 ) -> Result<Json<Value>, ApiV1Error> {
-    let super_user = caller.account.is_superuser(&state.config.super_users);
+    let super_user = caller.is_superuser(&state.config.super_users);
     state
         .db
         .read(move |conn| {
@@ -49,7 +49,7 @@ pub async fn me(
 }
 
 fn require_superuser(state: &AppState, caller: &Principal) -> Result<(), ApiV1Error> {
-    if caller.account.is_superuser(&state.config.super_users) {
+    if caller.is_superuser(&state.config.super_users) {
         Ok(())
     } else {
         Err(forbidden("use the superuser API: only superusers may"))

@@ -7,6 +7,10 @@
 //! does not exist yet is granted (with pull) when the caller may create repositories in its
 //! namespace. Anonymous callers get pull on public repositories only, and only when
 //! `FEATURE_ANONYMOUS_ACCESS` is on. Credentials and tokens are never logged.
+//!
+//! A scoped access token ([`TokenScope`]) gets the account's actions capped by its scope: nothing
+//! outside its repository, nothing above its role (write = pull + push; `delete` and `*` need an
+//! admin ceiling), and a registry token that expires no later than the access token does.
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -15,10 +19,11 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde::Serialize;
 
-use super::token::{AccessEntry, Claims, ISSUER, TokenContext, now_s};
+use super::token::{AccessEntry, Claims, ISSUER, ScopeClaim, TokenContext, now_s};
 use crate::accounts::AccountError;
 use crate::accounts::credentials::{self, Identity, Presented, Principal};
 use crate::accounts::permissions::{self, Role};
+use crate::accounts::tokens::TokenScope;
 use crate::error::{ApiError, ErrorCode};
 use crate::names::RepoName;
 use crate::repos;
@@ -153,18 +158,37 @@ fn same_resource(a: &Scope, b: &Scope) -> bool {
     }
 }
 
-/// The actions out of `requested` that `who` (None = anonymous) may perform on `repo` now.
+/// The actions out of `requested` that `who` (None = anonymous), holding a token limited by
+/// `scope` (None = not a scoped token), may perform on `repo` now.
 pub(crate) fn allowed_actions(
     conn: &rusqlite::Connection,
     who: Option<&crate::accounts::Account>,
+    scope: Option<&TokenScope>,
     super_users: &[String],
     repo: &crate::names::RepoName,
     requested: &[String],
 ) -> Result<Vec<String>, AccountError> {
     let role = permissions::repo_role(conn, who, super_users, repo)?;
     let creatable = repos::find(conn, repo)?.is_none()
+        && scope.is_none_or(|s| s.may_create(repo))
         && permissions::can_create(conn, who, super_users, repo.namespace())?;
-    Ok(downscope(requested, role, creatable))
+    Ok(capped_downscope(requested, role, creatable, scope, repo))
+}
+
+/// [`downscope`] with the scope's caps applied (pure).
+fn capped_downscope(
+    requested: &[String],
+    role: Role,
+    creatable: bool,
+    scope: Option<&TokenScope>,
+    repo: &RepoName,
+) -> Vec<String> {
+    let Some(scope) = scope else {
+        return downscope(requested, role, creatable);
+    };
+    let mut granted = downscope(requested, scope.cap(repo, role), creatable);
+    granted.retain(|a| scope.permits(a));
+    granted
 }
 
 /// Compute the access entries for `who` (None = anonymous).
@@ -174,6 +198,7 @@ async fn grant(
     scopes: Vec<Scope>,
 ) -> Result<Vec<AccessEntry>, ApiError> {
     let account = who.map(|p| p.account.clone());
+    let token_scope = who.and_then(|p| p.scope.clone());
     let super_users = state.config.super_users.clone();
     state
         .db
@@ -183,7 +208,14 @@ async fn grant(
                 match scope {
                     Scope::Repository { name, actions } => {
                         let who = account.as_ref();
-                        let granted = allowed_actions(conn, who, &super_users, &name, &actions)?;
+                        let granted = allowed_actions(
+                            conn,
+                            who,
+                            token_scope.as_ref(),
+                            &super_users,
+                            &name,
+                            &actions,
+                        )?;
                         // Anonymous callers get no entry for what they may not do (the registry
                         // then asks them to log in); accounts get the entry with what they may do.
                         if who.is_some() || !granted.is_empty() {
@@ -194,13 +226,18 @@ async fn grant(
                             });
                         }
                     }
-                    // Any logged-in account may list; a catalog endpoint must show it only the
-                    // repositories it may read.
-                    Scope::Catalog if account.is_some() => entries.push(AccessEntry {
-                        kind: "registry".to_owned(),
-                        name: "catalog".to_owned(),
-                        actions: vec!["*".to_owned()],
-                    }),
+                    // Any logged-in account may list (a repository-scoped token may not); a
+                    // catalog endpoint must show it only the repositories it may read.
+                    Scope::Catalog
+                        if account.is_some()
+                            && token_scope.as_ref().is_none_or(|s| s.repository.is_none()) =>
+                    {
+                        entries.push(AccessEntry {
+                            kind: "registry".to_owned(),
+                            name: "catalog".to_owned(),
+                            actions: vec!["*".to_owned()],
+                        })
+                    }
                     Scope::Catalog => {}
                 }
             }
@@ -238,7 +275,12 @@ async fn issue(
     };
     let access = grant(state, who.as_ref(), scopes).await?;
     let now = now_s();
-    let lifetime = state.config.token_validity_lifetime_s;
+    let scope = who.as_ref().and_then(|p| p.scope.as_ref());
+    let lifetime = lifetime_s(
+        state.config.token_validity_lifetime_s,
+        now,
+        scope.and_then(|s| s.expires_at_ms),
+    );
     let sub = who
         .as_ref()
         .map_or(String::new(), |p| p.account.name.clone());
@@ -257,6 +299,7 @@ async fn issue(
                 .map_or("anonymous", |p| p.via.context_kind())
                 .to_owned(),
             user: who.as_ref().map(|p| p.account.name.clone()),
+            token_scope: scope.map(ScopeClaim::from),
         },
     };
     let token = state.keys.sign(&claims).map_err(ApiError::internal)?;
@@ -268,6 +311,18 @@ async fn issue(
         issued_at: crate::api::common::rfc3339(now),
     })
     .into_response())
+}
+
+/// The registry token's lifetime: the configured one, cut so that it ends no later than the
+/// access token it was issued for (`expires_at_ms`).
+fn lifetime_s(configured: u64, now: u64, expires_at_ms: Option<i64>) -> u64 {
+    match expires_at_ms {
+        Some(ms) => {
+            let left = u64::try_from(ms / 1_000).unwrap_or(0).saturating_sub(now);
+            configured.min(left)
+        }
+        None => configured,
+    }
 }
 
 /// `GET /v2/auth`: Basic credentials in the header, scopes in the query.
@@ -385,6 +440,63 @@ mod tests {
             strings(&["push"])
         );
         assert!(downscope(&strings(&["fly"]), Role::Admin, false).is_empty());
+    }
+
+    #[test]
+    fn scoped_tokens_are_capped() {
+        let all = strings(&["pull", "push", "delete", "*"]);
+        let app: RepoName = "acme/app".parse().unwrap();
+        let other: RepoName = "acme/other".parse().unwrap();
+        let scope = |repo: Option<&RepoName>, max_role| TokenScope {
+            repository: repo.cloned(),
+            max_role,
+            expires_at_ms: None,
+        };
+        let build = scope(Some(&app), Role::Write);
+        let cases: [(&TokenScope, &RepoName, Role, bool, &[&str]); 7] = [
+            // Quay's build token: write = pull + push, even for an admin owner; no delete.
+            (&build, &app, Role::Admin, false, &["pull", "push"]),
+            (&build, &app, Role::Read, false, &["pull"]),
+            (&build, &app, Role::None, true, &["pull", "push"]),
+            // Nothing outside the scope's repository, even for its admin.
+            (&build, &other, Role::Admin, false, &[]),
+            (&build, &other, Role::Read, false, &[]),
+            // A read-capped pull token pulls what the owner may pull, never more.
+            (
+                &scope(None, Role::Read),
+                &other,
+                Role::Write,
+                false,
+                &["pull"],
+            ),
+            (
+                &scope(None, Role::Admin),
+                &other,
+                Role::Admin,
+                false,
+                &["pull", "push", "delete", "*"],
+            ),
+        ];
+        for (s, repo, role, creatable, want) in cases {
+            assert_eq!(
+                capped_downscope(&all, role, creatable, Some(s), repo),
+                strings(want),
+                "{s:?} on {repo} with {role:?}"
+            );
+        }
+        assert_eq!(
+            capped_downscope(&all, Role::Write, false, None, &app),
+            strings(&["pull", "push", "delete"])
+        );
+    }
+
+    #[test]
+    fn registry_tokens_end_with_the_access_token() {
+        assert_eq!(lifetime_s(300, 1_000, None), 300);
+        assert_eq!(lifetime_s(300, 1_000, Some(1_060_000)), 60);
+        assert_eq!(lifetime_s(300, 1_000, Some(9_000_000)), 300);
+        assert_eq!(lifetime_s(300, 1_000, Some(500_000)), 0);
+        assert_eq!(lifetime_s(300, 1_000, Some(-5)), 0);
     }
 
     use proptest::prelude::*;

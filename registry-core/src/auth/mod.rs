@@ -123,7 +123,7 @@ pub async fn authorize(
                 Ok(Grant {
                     subject: (!claims.sub.is_empty()).then_some(claims.sub),
                 })
-            } else if account_lacks(state, &claims.sub, repo, action).await? {
+            } else if account_lacks(state, &claims, repo, action).await? {
                 // The account itself may not do this: 403 DENIED, so clients say "denied"
                 // rather than asking for credentials again.
                 Err(ApiError::new(
@@ -131,7 +131,10 @@ pub async fn authorize(
                     ErrorCode::Denied,
                     format!(
                         "requested access to the resource is denied: {} may not {wanted} on {repo}",
-                        claims.sub
+                        match claims.context.token_scope {
+                            Some(_) => format!("the scoped access token of {}", claims.sub),
+                            None => claims.sub.clone(),
+                        }
                     ),
                 ))
             } else {
@@ -162,15 +165,24 @@ pub async fn authorize(
     }
 }
 
-/// Whether the token's subject (empty = anonymous) lacks the permission for `action` on `repo`.
+/// Whether the token's subject (empty = anonymous), capped by the access-token scope the token
+/// was issued for (if any), lacks the permission for `action` on `repo`.
 /// Only called on the refusal path, so the database lookup costs nothing on allowed calls.
 async fn account_lacks(
     state: &AppState,
-    subject: &str,
+    claims: &token::Claims,
     repo: &RepoName,
     action: Action,
 ) -> Result<bool, ApiError> {
-    let (subject, repo) = (subject.to_owned(), repo.clone());
+    let scope = match &claims.context.token_scope {
+        None => None,
+        // A scope claim we cannot read grants nothing.
+        Some(claim) => match claim.to_scope() {
+            Some(scope) => Some(scope),
+            None => return Ok(true),
+        },
+    };
+    let (subject, repo) = (claims.sub.clone(), repo.clone());
     let super_users = state.config.super_users.clone();
     let wanted = vec![action.scope_name().to_owned()];
     state
@@ -181,7 +193,8 @@ async fn account_lacks(
             } else {
                 crate::accounts::find(conn, &subject)?
             };
-            endpoint::allowed_actions(conn, who.as_ref(), &super_users, &repo, &wanted)
+            let scope = scope.as_ref();
+            endpoint::allowed_actions(conn, who.as_ref(), scope, &super_users, &repo, &wanted)
                 .map(|granted| granted.is_empty())
         })
         .await

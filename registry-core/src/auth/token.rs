@@ -10,6 +10,8 @@ use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use crate::accounts::tokens::TokenScope;
+
 /// Issuer claim of our tokens (Quay uses `quay`).
 pub const ISSUER: &str = "quarry";
 
@@ -62,6 +64,45 @@ pub struct TokenContext {
     /// The account name (absent for anonymous).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The scope of the access token the registry token was issued for, so that the registry's
+    /// refusal path caps the account's rights as `/v2/auth` did (absent for other credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_scope: Option<ScopeClaim>,
+}
+
+/// A [`TokenScope`] in a registry token (the expiry is in `exp`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScopeClaim {
+    /// The only repository; absent = all of the account's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// The role ceiling: `read`, `write` or `admin`.
+    pub max_role: String,
+}
+
+impl From<&TokenScope> for ScopeClaim {
+    fn from(s: &TokenScope) -> Self {
+        ScopeClaim {
+            repository: s.repository.as_ref().map(ToString::to_string),
+            max_role: s.max_role.as_str().to_owned(),
+        }
+    }
+}
+
+impl ScopeClaim {
+    /// The scope again; `None` when a field does not parse (callers then refuse).
+    pub fn to_scope(&self) -> Option<TokenScope> {
+        Some(TokenScope {
+            repository: self
+                .repository
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .ok()?,
+            max_role: self.max_role.parse().ok()?,
+            expires_at_ms: None,
+        })
+    }
 }
 
 /// The claims of a registry token.
@@ -160,6 +201,22 @@ impl TokenKeys {
         })
     }
 
+    /// The key id put in every token's `kid` header (derived from the public key).
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The RS256 signing key, for other token kinds signed with the instance key (buildman's
+    /// build JWTs, as Quay signs them with its instance service key).
+    pub fn encoding_key(&self) -> &EncodingKey {
+        &self.encoding
+    }
+
+    /// The verifying half of [`TokenKeys::encoding_key`].
+    pub fn decoding_key(&self) -> &DecodingKey {
+        &self.decoding
+    }
+
     /// Sign `claims`.
     pub fn sign(&self, claims: &Claims) -> Result<String, TokenError> {
         let mut header = Header::new(Algorithm::RS256);
@@ -229,6 +286,7 @@ mod tests {
             context: TokenContext {
                 kind: "user".into(),
                 user: Some("alice".into()),
+                token_scope: None,
             },
         }
     }
@@ -260,6 +318,30 @@ mod tests {
                 .is_err()
         );
         assert!(k.verify("not.a.jwt", "r").is_err());
+    }
+
+    #[test]
+    fn scope_claims_round_trip_and_stay_out_of_unscoped_tokens() {
+        use crate::accounts::permissions::Role;
+        let scope = TokenScope {
+            repository: Some("acme/app".parse().unwrap()),
+            max_role: Role::Write,
+            expires_at_ms: None,
+        };
+        let claim = ScopeClaim::from(&scope);
+        assert_eq!(claim.to_scope(), Some(scope));
+        let json = serde_json::to_value(&claim).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"repository": "acme/app", "max_role": "write"})
+        );
+        let bad = ScopeClaim {
+            repository: None,
+            max_role: "none".into(),
+        };
+        assert_eq!(bad.to_scope(), None);
+        let ctx = serde_json::to_value(claims("r", 60).context).unwrap();
+        assert!(ctx.get("token_scope").is_none(), "{ctx}");
     }
 
     #[test]

@@ -10,8 +10,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
-const SCHEMA_VERSION: i64 = 1;
-const SCHEMA: &str = include_str!("schema.sql");
+/// registry-core's schema: `schema.sql` is always the latest version; `migrations[i]` upgrades a
+/// version `i + 1` file to version `i + 2`.
+pub const REGISTRY_SCHEMA: Schema = Schema {
+    create: include_str!("schema.sql"),
+    migrations: &[include_str!("migrations/v2_access_token_scope.sql")],
+};
 const READERS: usize = 4;
 
 /// Why a database operation failed.
@@ -30,16 +34,36 @@ pub enum DbError {
         source: rusqlite::Error,
     },
     /// The file has a schema this binary does not know.
-    #[error("database {path:?} has schema version {found}, this binary knows {SCHEMA_VERSION}")]
+    #[error(
+        "database {path:?} has schema version {found}, this binary knows up to {known}: run a newer Quarry"
+    )]
     SchemaVersion {
         /// The database path.
         path: PathBuf,
         /// The version found in the file.
         found: i64,
+        /// The newest version this binary knows.
+        known: i64,
     },
     /// The blocking task running the query panicked or was cancelled.
     #[error("database task failed")]
     Join(#[from] tokio::task::JoinError),
+}
+
+/// A database schema: the SQL creating the latest version, and the steps upgrading older files.
+#[derive(Clone, Copy, Debug)]
+pub struct Schema {
+    /// SQL creating the latest version from nothing.
+    pub create: &'static str,
+    /// `migrations[i]` upgrades a version `i + 1` database to version `i + 2`.
+    pub migrations: &'static [&'static str],
+}
+
+impl Schema {
+    /// The latest version (`PRAGMA user_version`): 1 plus the number of migrations.
+    pub fn version(&self) -> i64 {
+        1 + i64::try_from(self.migrations.len()).unwrap_or(i64::MAX - 1)
+    }
 }
 
 /// Handle to the metadata database; cheap to clone.
@@ -66,8 +90,14 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 impl Db {
-    /// Open (creating and migrating if needed) the database at `path`.
+    /// Open (creating and migrating if needed) registry-core's database at `path`.
     pub fn open(path: &Path) -> Result<Db, DbError> {
+        Db::open_with_schema(path, &REGISTRY_SCHEMA)
+    }
+
+    /// Open (creating and migrating if needed) a database at `path` with the given schema; other
+    /// crates (buildman) keep their own database files with the same connection handling.
+    pub fn open_with_schema(path: &Path, schema: &Schema) -> Result<Db, DbError> {
         let open = |flags| {
             Connection::open_with_flags(path, flags).map_err(|source| DbError::Open {
                 path: path.to_owned(),
@@ -77,19 +107,25 @@ impl Db {
         let writer = open(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
         configure(&writer)?;
         let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        match version {
-            0 => {
-                writer.execute_batch(&format!(
-                    "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-                ))?;
-            }
-            SCHEMA_VERSION => {}
-            found => {
-                return Err(DbError::SchemaVersion {
-                    path: path.to_owned(),
-                    found,
-                });
-            }
+        let latest = schema.version();
+        if version == 0 {
+            writer.execute_batch(&format!(
+                "BEGIN; {} PRAGMA user_version = {latest}; COMMIT;",
+                schema.create
+            ))?;
+        } else if version < latest {
+            // Each step moves one version up, all of them in one transaction.
+            let skip = usize::try_from(version - 1).unwrap_or(usize::MAX);
+            let steps: String = schema.migrations.iter().skip(skip).copied().collect();
+            writer.execute_batch(&format!(
+                "BEGIN; {steps} PRAGMA user_version = {latest}; COMMIT;"
+            ))?;
+        } else if version > latest {
+            return Err(DbError::SchemaVersion {
+                path: path.to_owned(),
+                found: version,
+                known: latest,
+            });
         }
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {

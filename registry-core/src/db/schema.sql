@@ -1,4 +1,5 @@
--- registry-core metadata schema, version 1.
+-- registry-core metadata schema, version 2 (db/mod.rs: REGISTRY_SCHEMA; older files are upgraded by
+-- the migrations listed there, so every change here needs one).
 -- Modelled on Quay's tables (data/database.py), reduced to what a lean single-node registry needs.
 -- Times are Unix milliseconds unless a column says otherwise.
 
@@ -46,8 +47,14 @@ CREATE TABLE access_token (
     -- sha256 hex of the token; the token itself is shown once, at creation
     token_hash  TEXT    NOT NULL UNIQUE,
     created_at  INTEGER NOT NULL,
-    expires_at  INTEGER
+    expires_at  INTEGER,
+    -- scoped tokens (version 2): scope_role is the role ceiling, set iff the token is scoped;
+    -- scope_repository the only repository it reaches (NULL: all of its owner's)
+    scope_repository  TEXT,
+    scope_role        TEXT CHECK (scope_role IN ('read', 'write', 'admin'))
 );
+-- buildman deletes a build's tokens by title when the build ends.
+CREATE INDEX access_token_title ON access_token(title);
 
 CREATE TABLE repository (
     id            INTEGER PRIMARY KEY,

@@ -106,6 +106,7 @@ impl Harness {
             context: TokenContext {
                 kind: "user".into(),
                 user: Some("alice".into()),
+                token_scope: None,
             },
         };
         self.state.keys.sign(&claims).unwrap()

@@ -3,6 +3,7 @@
 
 mod rest_accounts;
 mod rest_repos;
+mod scoped;
 mod v2auth;
 
 use axum::body::Body;

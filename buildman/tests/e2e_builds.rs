@@ -1,0 +1,217 @@
+//! End to end: `buildman serve` on loopback with real Redis, the popen executor, real
+//! builder-agent processes and real podman; builds from a git repository at a commit, an uploaded
+//! `.tar.gz` and an `archive_url`; images pulled back with skopeo and their files checked.
+//!
+//! Heavy (podman builds take tens of seconds each): `scripts/test.sh` runs them in its heavy tier.
+#![allow(clippy::unwrap_used, clippy::tests_outside_test_module, missing_docs)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::quarry::{Quarry, workspace_path};
+use common::redis::RedisServer;
+use common::sources;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const BUILD_DEADLINE: Duration = Duration::from_secs(300);
+
+fn phases(logs: &[Value]) -> Vec<String> {
+    logs.iter()
+        .filter(|e| e["type"] == "phase")
+        .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn messages(logs: &[Value]) -> String {
+    logs.iter()
+        .map(|e| e["message"].as_str().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Upload `bytes` through the filedrop API; returns the file id.
+async fn upload(q: &Quarry, bytes: Vec<u8>) -> String {
+    let (s, v) = q
+        .api(
+            Method::POST,
+            "/api/v1/filedrop/",
+            Some(json!({"mimeType": "application/gzip"})),
+        )
+        .await;
+    assert_eq!(s, 200, "filedrop: {v}");
+    let url = v["url"].as_str().unwrap().to_owned();
+    let url = if url.starts_with("http") {
+        url
+    } else {
+        format!("{}{url}", q.base())
+    };
+    let resp = q
+        .http
+        .put(url)
+        .bearer_auth(&q.token)
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "upload: {}", resp.status());
+    v["file_id"].as_str().unwrap().to_owned()
+}
+
+async fn start_build(q: &Quarry, repo: &str, body: Value) -> String {
+    let (s, v) = q
+        .api(
+            Method::POST,
+            &format!("/api/v1/repository/{repo}/build/"),
+            Some(body),
+        )
+        .await;
+    assert_eq!(s, 201, "starting a build: {v}");
+    v["id"].as_str().unwrap().to_owned()
+}
+
+async fn assert_built(q: &Quarry, repo: &str, uuid: &str, tag: &str, expect: &[(&str, &str)]) {
+    let view = q.wait_build(repo, uuid, BUILD_DEADLINE).await;
+    let logs = q.logs(repo, uuid).await;
+    assert_eq!(
+        view["phase"],
+        "complete",
+        "build {uuid}: {view}\n{}",
+        messages(&logs)
+    );
+    let digests = view["manifest_digests"].as_array().unwrap();
+    assert!(
+        digests[0].as_str().unwrap().starts_with("sha256:"),
+        "{view}"
+    );
+    let seen = phases(&logs);
+    let order = [
+        "build-scheduled",
+        "unpacking",
+        "pulling",
+        "building",
+        "pushing",
+        "complete",
+    ];
+    let mut at = 0;
+    for p in &seen {
+        if order.get(at) == Some(&p.as_str()) {
+            at += 1;
+        }
+    }
+    assert_eq!(at, order.len(), "phases out of order or missing: {seen:?}");
+    let text = messages(&logs);
+    assert!(
+        text.contains("from a quarry RUN step"),
+        "RUN output missing:\n{text}"
+    );
+    assert!(
+        logs.iter().any(|e| e["type"] == "command"),
+        "no command entries:\n{text}"
+    );
+    let image = format!("{}/{repo}:{tag}", q.registry());
+    for (path, want) in expect {
+        let got = sources::file_in_image(&image, path, q.root.path());
+        assert_eq!(got.as_deref(), Some(*want), "{path} in {image}");
+    }
+}
+
+#[tokio::test]
+#[ignore = "heavy: podman builds through buildman, builder-agent and redis"]
+async fn builds_from_git_upload_and_archive_url() {
+    let redis = RedisServer::start();
+    let q = Quarry::start(&format!(
+        "    ALLOWED_WORKER_COUNT: 2\n    ORCHESTRATOR_PREFIX: e2e/\n    ORCHESTRATOR:\n      REDIS_HOST: 127.0.0.1\n      REDIS_PORT: {}\n",
+        redis.port()
+    ))
+    .await;
+    q.create_repo("acme", "base");
+    q.create_repo("acme", "app");
+    // A private base image, pulled with a robot's credentials (handed to the agent as a
+    // read-only token scoped to the build).
+    let base = q.push_base_image("acme/base");
+    let robot = q.pull_robot("acme", "puller", "acme/base");
+
+    // 1. git, at the FIRST commit, with a build argument
+    let (git_dir, first, _second) = sources::sample_git_repo(q.root.path());
+    let git_build = start_build(
+        &q,
+        "acme/app",
+        json!({"git": {"url": git_dir.display().to_string(), "sha": first},
+               "docker_tags": ["git"], "pull_robot": robot, "build_args": {"BASE": base, "GREETING": "git"}}),
+    )
+    .await;
+    // 2. an uploaded .tar.gz of the sample
+    let file_id = upload(
+        &q,
+        sources::tar_gz_dir(&workspace_path("fixtures/builds/sample")),
+    )
+    .await;
+    let upload_build = start_build(
+        &q,
+        "acme/app",
+        json!({"file_id": file_id, "docker_tags": ["upload"], "pull_robot": robot,
+               "build_args": {"BASE": base}}),
+    )
+    .await;
+    // 3. an archive_url on loopback, served with a misleading content type
+    let tarball = sources::tar_gz_dir(&workspace_path("fixtures/builds/sample"));
+    let served = sources::serve_files(vec![("/sample.tgz".into(), "text/plain", tarball)]).await;
+    let archive_build = start_build(
+        &q,
+        "acme/app",
+        json!({"archive_url": format!("{served}/sample.tgz"), "docker_tags": ["archive", "latest"],
+               "pull_robot": robot,
+               "build_args": {"BASE": base, "GREETING": "archive"}}),
+    )
+    .await;
+
+    assert_built(
+        &q,
+        "acme/app",
+        &git_build,
+        "git",
+        &[
+            ("built.txt", "git from a quarry RUN step\n"),
+            ("message.txt", "first\n"),
+        ],
+    )
+    .await;
+    assert_built(
+        &q,
+        "acme/app",
+        &upload_build,
+        "upload",
+        &[
+            ("built.txt", "hello from a quarry RUN step\n"),
+            ("message.txt", "this file came from the build context\n"),
+        ],
+    )
+    .await;
+    assert_built(
+        &q,
+        "acme/app",
+        &archive_build,
+        "latest",
+        &[("built.txt", "archive from a quarry RUN step\n")],
+    )
+    .await;
+
+    // Builds of one repository ran in order, and no agent outlived its build.
+    let (s, list) = q
+        .api(
+            Method::GET,
+            "/api/v1/repository/acme/app/build/?limit=10",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(list["builds"].as_array().unwrap().len(), 3, "{list}");
+    for uuid in [&git_build, &upload_build, &archive_build] {
+        assert!(
+            sources::agents_of(uuid).is_empty(),
+            "agent of {uuid} still running"
+        );
+    }
+}
