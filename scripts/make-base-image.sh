@@ -5,14 +5,17 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-Usage: scripts/make-base-image.sh REGISTRY_HOST:PORT/NAMESPACE/REPO:TAG [--creds USER:SECRET]
+Usage: scripts/make-base-image.sh REGISTRY_HOST:PORT/NAMESPACE/REPO:TAG
+                                  [--creds USER:SECRET | --authfile FILE]
 
 Builds an image from scratch holding /bin/busybox (from the busybox-static package) and its
 applet links (/bin/sh, /bin/echo, ...), with PATH=/bin and CMD ["/bin/sh"], then pushes it to
 the given reference with --tls-verify=false. Storage is vfs under a private temporary root, so
 the host's container storage is not touched; the temporary root is removed on exit.
 
-  --creds USER:SECRET   registry credentials (a password or an access token)
+  --creds USER:SECRET   registry credentials (a password or an access token); visible to other
+                        local users in the process list while the push runs
+  --authfile FILE       registry credentials from a containers auth.json (kept off the command line)
   --help                show this help
 
 Prints the pushed manifest digest (sha256:...) on stdout.
@@ -22,12 +25,18 @@ EOF
 
 ref=""
 creds=""
+authfile=""
 while (($# > 0)); do
     case "$1" in
         -h|--help) usage; exit 0 ;;
         --creds)
             [[ $# -ge 2 ]] || { echo "make-base-image: --creds needs USER:SECRET" >&2; exit 2; }
             creds="$2"
+            shift
+            ;;
+        --authfile)
+            [[ $# -ge 2 ]] || { echo "make-base-image: --authfile needs a FILE" >&2; exit 2; }
+            authfile="$2"
             shift
             ;;
         -*) echo "make-base-image: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -82,6 +91,7 @@ ctr="$("${BUILDAH[@]}" from --quiet scratch)"
 
 push=("${BUILDAH[@]}" push --quiet --tls-verify=false --digestfile "$tmp/digest")
 [[ -z "$creds" ]] || push+=(--creds "$creds")
+[[ -z "$authfile" ]] || push+=(--authfile "$authfile")
 "${push[@]}" "$ref" "docker://$ref"
 cat "$tmp/digest"
 echo

@@ -166,13 +166,18 @@ HDR="$QUARRY_HOME/.api-header"
 api() { curl -fsS -H "@$HDR" -H 'Content-Type: application/json' "$@"; }
 api -o /dev/null "http://$ADDR/api/v1/user/" ||
     die "the API token in $TOKENFILE is refused; remove $QUARRY_HOME to start over"
+# The same token for buildah and skopeo, through an auth file rather than --creds.
+AUTHFILE="$QUARRY_HOME/auth.json"
+# jq reads the token from its file, so it is never an argument either.
+(umask 077 && jq -n --arg a "$ADDR" --rawfile t "$TOKENFILE" \
+    '{auths: {($a): {auth: ("$token:" + ($t | rtrimstr("\n")) | @base64)}}}' >"$AUTHFILE")
 
 # The base image: busybox from the Debian package, since nothing can be pulled from the internet.
 BASE="$ADDR/admin/busybox:latest"
 "$BIN" --config "$CONFIG" admin repo create admin/busybox --public >/dev/null 2>&1 || true
 "$BIN" --config "$CONFIG" admin repo create admin/sample >/dev/null 2>&1 || true
 say "pushing the base image $BASE"
-scripts/make-base-image.sh "$BASE" --creds "\$token:$TOKEN" >/dev/null
+scripts/make-base-image.sh "$BASE" --authfile "$AUTHFILE" >/dev/null
 
 say "uploading fixtures/builds/sample and starting a build of $ADDR/admin/sample"
 drop="$(api -X POST -d '{"mimeType": "application/gzip"}' "http://$ADDR/api/v1/filedrop/")"
@@ -203,7 +208,7 @@ if [[ "$phase" != complete ]]; then
 fi
 IMAGE="$ADDR/admin/sample:latest"
 built="$(jq -r '.manifest_digests[0]' <<<"$view")"
-served="$(skopeo inspect --tls-verify=false --creds "\$token:$TOKEN" "docker://$IMAGE" | jq -r .Digest)"
+served="$(skopeo inspect --tls-verify=false --authfile "$AUTHFILE" "docker://$IMAGE" | jq -r .Digest)"
 [[ "$served" == "$built" ]] || die "the build reported $built but the registry serves $served"
 say "built and pushed $IMAGE ($built)"
 

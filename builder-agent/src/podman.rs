@@ -5,7 +5,10 @@
 //!
 //! This is the crate's one place that spawns a process. The service runs in its own process
 //! group, and that group is killed when the [`PodmanService`] is dropped or shut down, so a
-//! cancelled or crashed build leaves no podman, buildah or RUN process behind.
+//! cancelled or failed build leaves no podman, buildah or RUN process behind. An agent that is
+//! SIGKILLed runs neither: for that case the service is recorded in `<work dir>/podman.json`
+//! ([`RECORD_FILE`]), from which buildman's executor finds the service and a run root kept
+//! outside the work directory.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -23,6 +26,12 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 const MAX_RUNROOT_LEN: usize = 50;
 /// A unix socket path must fit `sockaddr_un.sun_path` (108 bytes with the NUL); keep a margin.
 const MAX_SOCKET_LEN: usize = 100;
+/// The service's record in the work directory: `{"pid", "start_time", "runroot", "socket"}`, pid
+/// and start time (`/proc/<pid>/stat` field 22) null until the service is spawned. buildman's
+/// `executor::sweep` reads it; keep the two in step.
+pub const RECORD_FILE: &str = "podman.json";
+/// The prefix of a short run root directory in `/tmp`; buildman removes only such directories.
+const SHORT_DIR_PREFIX: &str = "quarry-run-";
 /// Variables passed from the agent's environment to podman (proxies for pulls); everything else
 /// is cleared.
 const PASSED_ENV: &[&str] = &[
@@ -97,6 +106,17 @@ pub struct Layout {
     pub registries_conf: PathBuf,
     /// The service's stdout and stderr.
     pub log: PathBuf,
+    /// [`RECORD_FILE`].
+    pub record: PathBuf,
+}
+
+/// What [`RECORD_FILE`] holds.
+#[derive(Debug, serde::Serialize)]
+struct Record<'a> {
+    pid: Option<i32>,
+    start_time: Option<u64>,
+    runroot: &'a Path,
+    socket: &'a Path,
 }
 
 impl Layout {
@@ -121,6 +141,7 @@ impl Layout {
             home: work.join("home"),
             registries_conf: work.join("registries.conf"),
             log: work.join("podman.log"),
+            record: work.join(RECORD_FILE),
         }
     }
 
@@ -161,6 +182,25 @@ impl Layout {
         args.push(uri);
         args
     }
+
+    /// Write [`RECORD_FILE`] for the service `pid` (or for none yet), atomically (write, rename).
+    fn write_record(&self, pid: Option<i32>) -> Result<(), PodmanError> {
+        let record = Record {
+            pid,
+            start_time: pid.and_then(start_time),
+            runroot: &self.runroot,
+            socket: &self.socket,
+        };
+        let setup = |source| PodmanError::Setup {
+            path: self.record.clone(),
+            source,
+        };
+        let json = serde_json::to_vec(&record).map_err(|e| setup(std::io::Error::other(e)))?;
+        let mut tmp = self.record.clone().into_os_string();
+        tmp.push(".tmp");
+        std::fs::write(&tmp, json).map_err(setup)?;
+        std::fs::rename(&tmp, &self.record).map_err(setup)
+    }
 }
 
 /// registries.conf for the service: no unqualified-search registries (a short name must not
@@ -188,7 +228,7 @@ impl PodmanService {
     ) -> Result<PodmanService, PodmanError> {
         let short = if Layout::needs_short_dir(work) {
             let dir = tempfile::Builder::new()
-                .prefix("quarry-")
+                .prefix(SHORT_DIR_PREFIX)
                 .tempdir_in("/tmp")
                 .map_err(|source| PodmanError::Setup {
                     path: "/tmp".into(),
@@ -199,6 +239,8 @@ impl PodmanService {
             None
         };
         let layout = Layout::new(work, short.as_ref().map(tempfile::TempDir::path));
+        // Before anything is spawned, so that a kill from here on leaves the run root findable.
+        layout.write_record(None)?;
         for dir in [&layout.storage, &layout.runroot, &layout.tmp, &layout.home] {
             std::fs::create_dir_all(dir).map_err(|source| PodmanError::Setup {
                 path: dir.clone(),
@@ -234,6 +276,9 @@ impl PodmanService {
             .process_group(0)
             .kill_on_drop(true);
         let child = cmd.spawn().map_err(PodmanError::Spawn)?;
+        if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+            layout.write_record(Some(pid))?;
+        }
         let mut service = PodmanService {
             child,
             socket: layout.socket,
@@ -357,8 +402,19 @@ fn descendants(root: i32) -> Vec<i32> {
 /// The parent pid in a `/proc/<pid>/stat` line: `pid (comm) state ppid ...`, where comm may
 /// contain spaces and parentheses, hence the search from the last `)`.
 fn parent_pid(stat: &str) -> Option<i32> {
-    let rest = stat.get(stat.rfind(')')? + 1..)?;
-    rest.split_whitespace().nth(1)?.parse().ok()
+    stat_field(stat, 1)?.parse().ok()
+}
+
+/// The start time of `pid` in clock ticks after boot (field 22 of `/proc/<pid>/stat`): with the
+/// pid, it names one process even after the pid is reused.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_field(&stat, 19)?.parse().ok()
+}
+
+/// Field `n` after the command name of a `/proc/<pid>/stat` line (0 is the state).
+fn stat_field(stat: &str, n: usize) -> Option<&str> {
+    stat.get(stat.rfind(')')? + 1..)?.split_whitespace().nth(n)
 }
 
 #[cfg(test)]
@@ -403,6 +459,25 @@ mod tests {
             work.join("podman.sock"),
             "the socket path still fits"
         );
+    }
+
+    #[test]
+    fn the_record_names_the_service_and_its_run_root() {
+        let work = tempfile::tempdir().unwrap();
+        let l = Layout::new(work.path(), Some(Path::new("/tmp/quarry-run-x")));
+        l.write_record(None).unwrap();
+        let read = || -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(work.path().join(RECORD_FILE)).unwrap()).unwrap()
+        };
+        assert_eq!(read()["pid"], serde_json::Value::Null);
+        assert_eq!(read()["runroot"], l.runroot.to_str().unwrap());
+        let me = i32::try_from(std::process::id()).unwrap();
+        l.write_record(Some(me)).unwrap();
+        let record = read();
+        assert_eq!(record["pid"], me);
+        assert_eq!(record["start_time"], start_time(me).unwrap());
+        assert_eq!(record["socket"], l.socket.to_str().unwrap());
+        assert!(!work.path().join("podman.json.tmp").exists());
     }
 
     #[test]

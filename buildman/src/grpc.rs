@@ -140,6 +140,23 @@ impl BuildManager for BuildManagerService {
             .verify_token(&args.register_jwt, TokenType::Registration)?;
         match self.manager.start_job(&ctx).await {
             Ok(pack) => Ok(Response::new(wire_pack(pack))),
+            // Quay's wording first. Refusals the agent can do nothing about are not internal
+            // errors: the job is over or was registered already, or the build cannot run (it
+            // has been ended as `error` with the reason).
+            Err(
+                e @ (ManagerError::JobGone(_)
+                | ManagerError::UnknownBuild(_)
+                | ManagerError::AlreadyRegistered(_)),
+            ) => {
+                tracing::warn!(build_id = %ctx.build_id, error = %e, "registration refused");
+                Err(Status::failed_precondition(format!(
+                    "Build manager unable to start job: {e}"
+                )))
+            }
+            Err(e) if e.is_build_fault() => Err(Status::failed_precondition(format!(
+                "Build manager unable to start job: {}",
+                error_chain(&e)
+            ))),
             Err(e) => {
                 tracing::error!(build_id = %ctx.build_id, error = %error_chain(&e),
                     "failed to start job");
@@ -217,9 +234,12 @@ impl BuildManager for BuildManagerService {
         tokio::spawn(async move {
             let mut stream = LogStream::default();
             while let Ok(Some(req)) = inbound.message().await {
-                let reply = stream.handle(&manager, req).await;
-                let failed = reply.is_err();
-                if tx.send(reply).await.is_err() || failed {
+                let (reply, end) = match stream.handle(&manager, req).await {
+                    Ok(Line::Accepted(r) | Line::Refused(r)) => (Ok(r), false),
+                    Ok(Line::JobOver(r)) => (Ok(r), true),
+                    Err(status) => (Err(status), true),
+                };
+                if tx.send(reply).await.is_err() || end {
                     break;
                 }
             }
@@ -244,24 +264,31 @@ struct LogStream {
     token: CachedToken,
     last_seq: Option<i32>,
     last_beat: Option<Instant>,
-    build_row: Option<(String, i64)>,
 }
 
+/// What became of one log line.
+enum Line {
+    /// Appended.
+    Accepted(LogMessageResponse),
+    /// A sequence number not above the last one (Quay refuses it; the stream goes on).
+    Refused(LogMessageResponse),
+    /// The token's job is gone or belongs to another attempt: refused, and the stream ends.
+    JobOver(LogMessageResponse),
+}
+
+/// Quay's refusal: `success = false` without an echoed sequence number.
+const REFUSED: LogMessageResponse = LogMessageResponse {
+    success: false,
+    sequence_number: 0,
+};
+
 impl LogStream {
-    async fn handle(
-        &mut self,
-        manager: &Manager,
-        req: LogMessageRequest,
-    ) -> Result<LogMessageResponse, Status> {
-        // Quay: a number not above the last one on this stream is refused, without an echo.
+    async fn handle(&mut self, manager: &Manager, req: LogMessageRequest) -> Result<Line, Status> {
         if self
             .last_seq
             .is_some_and(|last| req.sequence_number <= last)
         {
-            return Ok(LogMessageResponse {
-                success: false,
-                sequence_number: 0,
-            });
+            return Ok(Line::Refused(REFUSED));
         }
         let ctx = self.token.verify(manager, &req.job_jwt)?;
         if self
@@ -269,23 +296,18 @@ impl LogStream {
             .is_none_or(|t| t.elapsed() >= LOG_HEARTBEAT_EVERY)
         {
             self.last_beat = Some(Instant::now());
-            manager.job_heartbeat(&ctx).await?;
-        }
-        let row = match &self.build_row {
-            Some((uuid, row)) if *uuid == ctx.build_id => *row,
-            _ => {
-                let Some(row) = manager.build_row_id(&ctx.build_id).await? else {
-                    return Err(ManagerError::UnknownBuild(ctx.build_id).into());
-                };
-                self.build_row = Some((ctx.build_id.clone(), row));
-                row
+            if !manager.job_heartbeat(&ctx).await? {
+                return Ok(Line::JobOver(REFUSED));
             }
-        };
-        manager.append_agent_log(row, &req.log_message).await?;
+        }
+        // Between heartbeats, the append itself checks that the token's attempt still runs.
+        if !manager.append_agent_log(&ctx, &req.log_message).await? {
+            return Ok(Line::JobOver(REFUSED));
+        }
         self.last_seq = Some(req.sequence_number);
-        Ok(LogMessageResponse {
+        Ok(Line::Accepted(LogMessageResponse {
             success: true,
             sequence_number: req.sequence_number,
-        })
+        }))
     }
 }

@@ -345,8 +345,10 @@ pub fn in_phases(conn: &Connection, phases: &[Phase]) -> Result<Vec<Build>, Buil
 
 /// Move `uuid` to `to` if its phase is `from` (any non-final phase when `from` is `None`).
 ///
-/// Never leaves a final phase (complete, error, cancelled), so a late agent call cannot undo a
-/// cancel. Sets `error` when given, and `completed_at` on a final phase. Returns whether it moved.
+/// Never leaves a final phase (complete, error, cancelled) nor a build closed by
+/// [`close_internal_error`] (`completed_at` set), so a late agent call cannot undo a cancel or
+/// reopen a build that ran out of attempts. Sets `error` when given, and `completed_at` on a final
+/// phase. Returns whether it moved.
 pub fn set_phase_cas(
     conn: &Connection,
     uuid: &str,
@@ -360,13 +362,15 @@ pub fn set_phase_cas(
         Some(from) => conn.execute(
             "UPDATE build SET phase = ?1, error = COALESCE(?2, error), updated_at = ?3, \
              completed_at = COALESCE(?4, completed_at) \
-             WHERE uuid = ?5 AND phase = ?6 AND phase NOT IN ('complete', 'error', 'cancelled')",
+             WHERE uuid = ?5 AND phase = ?6 AND completed_at IS NULL \
+             AND phase NOT IN ('complete', 'error', 'cancelled')",
             params![to.as_str(), error, now, completed, uuid, from.as_str()],
         )?,
         None => conn.execute(
             "UPDATE build SET phase = ?1, error = COALESCE(?2, error), updated_at = ?3, \
              completed_at = COALESCE(?4, completed_at) \
-             WHERE uuid = ?5 AND phase NOT IN ('complete', 'error', 'cancelled')",
+             WHERE uuid = ?5 AND completed_at IS NULL \
+             AND phase NOT IN ('complete', 'error', 'cancelled')",
             params![to.as_str(), error, now, completed, uuid],
         )?,
     };
@@ -405,7 +409,7 @@ pub fn set_manifest_digests(
 }
 
 /// Close a build that ends as `internalerror` for good (no retry left): it keeps the phase but
-/// gets `completed_at` and the reason.
+/// gets `completed_at` and the reason. Returns whether it was open.
 pub fn close_internal_error(
     conn: &Connection,
     uuid: &str,
@@ -414,7 +418,7 @@ pub fn close_internal_error(
     let now = now_ms();
     let n = conn.execute(
         "UPDATE build SET phase = 'internalerror', error = ?1, updated_at = ?2, completed_at = ?2 \
-         WHERE uuid = ?3 AND phase NOT IN ('complete', 'error', 'cancelled')",
+         WHERE uuid = ?3 AND completed_at IS NULL AND phase NOT IN ('complete', 'error', 'cancelled')",
         params![reason, now, uuid],
     )?;
     Ok(n == 1)

@@ -220,6 +220,27 @@ pub fn next_wakeup_ms(conn: &Connection) -> Result<Option<i64>, BuildDbError> {
     Ok(next.map(|t| (t - now).max(0)))
 }
 
+/// The row id of build `uuid` while the attempt whose queue claim is `attempt_id` is its running
+/// one (claimed under that id, and the build neither final nor closed); `None` otherwise. An
+/// empty `attempt_id` (a token from before attempt ids) matches any running attempt.
+///
+/// Agents' log lines are appended only after this check, in the same transaction, so a line
+/// from an earlier attempt never lands in a later attempt's (or a finished build's) log.
+pub fn live_attempt_row(
+    conn: &Connection,
+    uuid: &str,
+    attempt_id: &str,
+) -> Result<Option<i64>, BuildDbError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT b.id FROM build b JOIN queue_item q ON q.build_uuid = b.uuid \
+             WHERE b.uuid = ?1 AND q.available = 0 AND (?2 = '' OR q.state_id = ?2) \
+             AND b.completed_at IS NULL AND b.phase NOT IN ('complete', 'error', 'cancelled')",
+        )?
+        .query_row(params![uuid, attempt_id], |r| r.get(0))
+        .optional()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,6 +343,59 @@ mod tests {
             assert_eq!(b.phase, Phase::Cancelled);
             assert!(b.completed_ms.is_some());
             assert_eq!(b.job_config.docker_tags, vec!["latest".to_owned()]);
+            Ok::<_, BuildDbError>(())
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_build_closed_as_internalerror_never_moves_again() {
+        let (_d, db) = test_support::db();
+        db.write(|c| {
+            let a = new_build(c, "acme/app");
+            assert!(model::set_phase_cas(c, &a, None, Phase::Building, None)?);
+            assert!(model::close_internal_error(c, &a, "out of attempts")?);
+            assert!(!model::close_internal_error(c, &a, "again")?, "closed once");
+            // Neither a late agent (any phase) nor a strict compare-and-set reopens it.
+            assert!(!model::set_phase_cas(c, &a, None, Phase::Pushing, None)?);
+            assert!(!model::set_phase_cas(
+                c,
+                &a,
+                Some(Phase::InternalError),
+                Phase::Waiting,
+                None
+            )?);
+            let b = model::get(c, &a)?.unwrap();
+            assert_eq!(b.phase, Phase::InternalError);
+            assert_eq!(b.error.as_deref(), Some("out of attempts"));
+            Ok::<_, BuildDbError>(())
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn only_the_current_claim_of_a_running_build_is_a_live_attempt() {
+        let (_d, db) = test_support::db();
+        db.write(|c| {
+            let a = new_build(c, "acme/app");
+            let id = model::get(c, &a)?.unwrap().id;
+            // Waiting, not claimed: no attempt runs.
+            assert_eq!(live_attempt_row(c, &a, "")?, None);
+            let item = claim(c, 60_000, true)?.unwrap();
+            assert_eq!(live_attempt_row(c, &a, &item.state_id)?, Some(id));
+            assert_eq!(live_attempt_row(c, &a, "")?, Some(id));
+            assert_eq!(live_attempt_row(c, &a, "an-earlier-claim")?, None);
+            assert_eq!(live_attempt_row(c, "other", &item.state_id)?, None);
+            // Put back (the attempt ended): its claim no longer counts.
+            incomplete(c, &a, 0, false)?;
+            assert_eq!(live_attempt_row(c, &a, &item.state_id)?, None);
+            // Claimed again (the next attempt), then the build ended.
+            let again = claim(c, 60_000, true)?.unwrap();
+            assert_eq!(live_attempt_row(c, &a, &again.state_id)?, Some(id));
+            assert!(model::close_internal_error(c, &a, "gave up")?);
+            assert_eq!(live_attempt_row(c, &a, &again.state_id)?, None);
             Ok::<_, BuildDbError>(())
         })
         .await

@@ -55,6 +55,9 @@ pub enum ServeError {
     /// The manager failed.
     #[error("the build manager failed")]
     Manager(#[from] crate::manager::ManagerError),
+    /// The manager's task panicked (a bug); its builds are recovered at the next start.
+    #[error("the build manager task panicked; restart buildman (running builds are recovered)")]
+    ManagerPanicked,
     /// Serving failed.
     #[error("serving failed")]
     Io(#[from] std::io::Error),
@@ -68,8 +71,9 @@ pub enum ServeError {
 pub struct Bound {
     /// HTTP: registry, REST API, uploads.
     pub http: SocketAddr,
-    /// gRPC for agents.
-    pub grpc: SocketAddr,
+    /// gRPC for agents; `None` when builds are disabled (`FEATURE_BUILD_SUPPORT: false` or an
+    /// `external` build manager), and only the registry is served.
+    pub grpc: Option<SocketAddr>,
 }
 
 fn redis_settings(config: &Config, redis: &RedisConfig) -> Result<RedisSettings, ServeError> {
@@ -151,8 +155,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(Bound),
 ) -> Result<(), ServeError> {
+    raise_open_file_limit();
     let registry = AppState::open(config.registry.clone())?;
-    let builds = crate::db::open(config.data_dir())?;
     let http_addr = config.registry.listen_addr.clone();
     let http = TcpListener::bind(&http_addr)
         .await
@@ -161,6 +165,17 @@ pub async fn serve(
             key: "LISTEN_ADDR",
             source,
         })?;
+    if !config.builds_enabled() {
+        on_bound(Bound {
+            http: http.local_addr()?,
+            grpc: None,
+        });
+        tracing::info!(http = %http.local_addr()?,
+            "builds are disabled (FEATURE_BUILD_SUPPORT: false or an external BUILD_MANAGER): serving the registry only");
+        registry_core::serve(registry, http, shutdown).await?;
+        return Ok(());
+    }
+    let builds = crate::db::open(config.data_dir())?;
     let grpc_addr = config.grpc_listen_addr();
     let grpc = TcpListener::bind(grpc_addr)
         .await
@@ -169,9 +184,10 @@ pub async fn serve(
             key: "BUILD_MANAGER[1].GRPC_LISTEN_ADDR",
             source,
         })?;
+    let grpc_bound = grpc.local_addr()?;
     let bound = Bound {
         http: http.local_addr()?,
-        grpc: grpc.local_addr()?,
+        grpc: Some(grpc_bound),
     };
 
     let orchestrator: Arc<dyn Orchestrator> = match config.orchestrator() {
@@ -192,6 +208,7 @@ pub async fn serve(
             config.registry.preferred_url_scheme, config.registry.server_hostname
         ),
         reader_build_logs: false,
+        allow_local_git_sources: config.manager.allow_local_git_sources,
     };
     std::fs::create_dir_all(&api_settings.upload_dir)?;
     let keys = registry.keys.clone();
@@ -200,7 +217,7 @@ pub async fn serve(
         api::filedrop::package_url(&url_settings, &keys, file_id, ttl)
     });
     let manager = Manager::new(ManagerParts {
-        settings: ManagerSettings::from_config(&config, bound.grpc),
+        settings: ManagerSettings::from_config(&config, grpc_bound),
         builds: builds.clone(),
         registry: registry.clone(),
         orchestrator,
@@ -220,16 +237,18 @@ pub async fn serve(
         let _ = rx.wait_for(|s| *s).await;
     };
     on_bound(bound);
-    tracing::info!(http = %bound.http, grpc = %bound.grpc, orchestrator = backend,
+    tracing::info!(http = %bound.http, grpc = %grpc_bound, orchestrator = backend,
         "buildman started");
-    let manager_task = {
+    let mut manager_task = {
         let manager = manager.clone();
         let rx = stop_rx.clone();
         tokio::spawn(async move { manager.run(stopped(rx)).await })
     };
     let grpc_task = {
         let rx = stop_rx.clone();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+        // tonic ignores Server::tcp_nodelay for a caller-provided stream; without NODELAY each of
+        // an agent's first calls waits ~40 ms for a delayed ACK (measured in bench-build.sh).
+        let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
         let svc = crate::grpc::service(manager.clone());
         tokio::spawn(async move {
             tonic::transport::Server::builder()
@@ -245,14 +264,28 @@ pub async fn serve(
         api,
         stopped(stop_rx),
     ));
-    shutdown.await;
+    // The manager only returns at shutdown; if it ends before, serving on without a scheduler
+    // would accept builds that never run, so the whole process stops with its error.
+    let ended_early = tokio::select! {
+        () = shutdown => None,
+        r = &mut manager_task => Some(r),
+    };
+    if ended_early.is_some() {
+        tracing::error!("the build manager stopped unexpectedly; shutting down");
+    }
     let _ = stop_tx.send(true);
-    let manager_result = manager_task.await;
+    let manager_result = match ended_early {
+        Some(r) => r,
+        None => manager_task.await,
+    };
     let grpc_result = grpc_task.await;
     let http_result = http_task.await;
     match manager_result {
         Ok(r) => r?,
-        Err(e) => tracing::error!(error = %e, "build manager task panicked"),
+        Err(e) => {
+            tracing::error!(error = %e, "build manager task panicked");
+            return Err(ServeError::ManagerPanicked);
+        }
     }
     if let Ok(r) = grpc_result {
         r?;
@@ -261,4 +294,19 @@ pub async fn serve(
         r?;
     }
     Ok(())
+}
+
+/// Each running agent holds gRPC streams (and HTTP connections while it pushes): raise the soft
+/// open-file limit to the hard one so a busy manager does not hit EMFILE at ~1,000 agents (the
+/// usual soft limit is 1,024; measured with scripts/bench-build.sh).
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => tracing::warn!(error = %e, soft, "could not raise the open-file limit"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not read the open-file limit"),
+    }
 }

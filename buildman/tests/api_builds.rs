@@ -136,6 +136,28 @@ async fn create_from_git() {
 }
 
 #[tokio::test]
+async fn local_git_sources_need_the_setting() {
+    let f = Fixture::with(|s| s.allow_local_git_sources = false).await;
+    for url in ["/srv/repos/app.git", "file:///srv/repos/app.git"] {
+        let r = f
+            .start("carol", json!({"git": {"url": url, "sha": SHA}}))
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{url}: {:?}", r.json);
+        let msg = r.json["message"].as_str().unwrap_or_default().to_owned()
+            + r.json["detail"].as_str().unwrap_or_default()
+            + r.json["error_message"].as_str().unwrap_or_default();
+        assert!(msg.contains("ALLOW_LOCAL_GIT_SOURCES"), "{:?}", r.json);
+    }
+    let r = f
+        .start(
+            "carol",
+            json!({"git": {"url": "https://h/r.git", "sha": SHA}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+}
+
+#[tokio::test]
 async fn bad_requests_are_400_naming_the_problem() {
     let f = Fixture::new().await;
     let alices = f.upload("alice", b"FROM scratch").await;

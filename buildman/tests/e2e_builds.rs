@@ -122,7 +122,7 @@ async fn assert_built(q: &Quarry, repo: &str, uuid: &str, tag: &str, expect: &[(
 async fn builds_from_git_upload_and_archive_url() {
     let redis = RedisServer::start();
     let q = Quarry::start(&format!(
-        "    ALLOWED_WORKER_COUNT: 2\n    ORCHESTRATOR_PREFIX: e2e/\n    ORCHESTRATOR:\n      REDIS_HOST: 127.0.0.1\n      REDIS_PORT: {}\n",
+        "    ALLOWED_WORKER_COUNT: 2\n    ALLOW_LOCAL_GIT_SOURCES: true\n    ORCHESTRATOR_PREFIX: e2e/\n    ORCHESTRATOR:\n      REDIS_HOST: 127.0.0.1\n      REDIS_PORT: {}\n",
         redis.port()
     ))
     .await;

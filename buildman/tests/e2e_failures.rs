@@ -36,23 +36,6 @@ async fn finished(q: &Quarry, uuid: &str) -> (Value, String) {
     (view, text)
 }
 
-/// Wait until no process of build `uuid` (agent or podman service) is left.
-async fn nothing_left(uuid: &str) {
-    let end = Instant::now() + Duration::from_secs(20);
-    loop {
-        let agents = sources::agents_of(uuid);
-        let podman = sources::processes_mentioning(uuid);
-        if agents.is_empty() && podman.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < end,
-            "build {uuid} left agents {agents:?} and processes {podman:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn user_error(q: &Quarry, uuid: &str, needle: &str) {
     let (view, text) = finished(q, uuid).await;
     assert_eq!(view["phase"], "error", "{view}\n{text}");
@@ -65,7 +48,7 @@ async fn user_error(q: &Quarry, uuid: &str, needle: &str) {
         view["attempts"], 1,
         "a user error must not be retried: {view}"
     );
-    nothing_left(uuid).await;
+    sources::nothing_left(uuid).await;
 }
 
 #[tokio::test]
@@ -200,7 +183,7 @@ async fn user_errors_end_as_error_without_retry_and_cancel_stops_a_running_build
     assert_eq!(s, 201, "cancel: {v}");
     let (view, _) = finished(&q, &sleepy).await;
     assert_eq!(view["phase"], "cancelled", "{view}");
-    nothing_left(&sleepy).await;
+    sources::nothing_left(&sleepy).await;
     assert!(
         cancelled_at.elapsed() < Duration::from_secs(15),
         "cancel took {:?}",
@@ -242,5 +225,5 @@ async fn an_agent_that_never_registers_expires_after_the_registration_window() {
         "took {:?}",
         started.elapsed()
     );
-    nothing_left(&uuid).await;
+    sources::nothing_left(&uuid).await;
 }

@@ -1,6 +1,8 @@
 //! The popen executor against stand-in agents: `#!/bin/sh` scripts written by each test that
 //! record their environment and pids under the test's temp dir and start a grandchild
-//! `sleep 300`, so a kill that misses the process group would be seen.
+//! `sleep 300`, so a kill that misses the process group would be seen. [`ESCAPES`] goes further:
+//! processes that leave the agent's group and session the way a podman service and buildah's
+//! RUN steps do, each tied to the build by one thing only.
 #![allow(clippy::tests_outside_test_module)]
 
 use std::collections::BTreeMap;
@@ -22,6 +24,36 @@ echo "$$ $!" > "$OUT/$BUILD_UUID.pids.tmp" && mv "$OUT/$BUILD_UUID.pids.tmp" "$O
 echo "stand-in agent started"
 wait
 "#;
+
+/// Stand-in processes that escape the agent: each in a session of its own, double-forked so the
+/// agent is not its parent, tied to the build by one thing only: its command line naming the
+/// work dir (`cmdline`, whose child `sleep` is found as a descendant), its working directory
+/// (`cwd`), its environment (`env`: BUILD_UUID and QUARRY_WORK_DIR), or the podman record the
+/// real agent writes (`service`, with a run root in `/tmp/quarry-run-*`). Writes
+/// `$OUT/<work dir name>.escaped` (`name pid start-time` lines) and `.scratch` when all run.
+const ESCAPES: &str = r#"
+W="$QUARRY_WORK_DIR"
+E="$OUT/$(basename "$W")"
+P=PATH=/usr/bin:/bin
+st() { cut -d' ' -f22 "/proc/$1/stat"; }
+( cd / || exit 1; env -i $P setsid sh -c 'sleep 300 & echo $! > "$0"; wait' "$E.child" "$W/storage" & echo $! > "$E.cmdline" )
+( cd "$W" || exit 1; env -i $P setsid sleep 301 & echo $! > "$E.cwd" )
+( cd / || exit 1; setsid sleep 302 & echo $! > "$E.env" )
+( cd / || exit 1; env -i $P setsid sleep 303 & echo $! > "$E.service" )
+S=$(mktemp -d /tmp/quarry-run-XXXXXX)
+mkdir "$S/run"
+svc=$(cat "$E.service")
+printf '{"pid":%s,"start_time":%s,"runroot":"%s/run","socket":"%s/podman.sock"}' "$svc" "$(st "$svc")" "$S" "$S" > "$W/podman.json"
+while [ ! -s "$E.child" ]; do sleep 0.02; done
+for n in cmdline child cwd env service; do p=$(cat "$E.$n"); echo "$n $p $(st "$p")"; done > "$E.escaped.tmp"
+echo "$S" > "$E.scratch"
+mv "$E.escaped.tmp" "$E.escaped"
+"#;
+
+/// An agent that lets [`ESCAPES`] loose, then waits.
+fn escaping_agent() -> String {
+    format!("{ESCAPES}\nsleep 300 &\nwait\n")
+}
 
 struct Fixture {
     tmp: tempfile::TempDir,
@@ -51,6 +83,49 @@ impl Fixture {
         let mut settings = ExecutorSettings::new("popen", self.work_root());
         settings.builder_binary = Some(path);
         Ok(settings)
+    }
+
+    /// Wait for the escapees of execution `id`: (name, pid) in [`ESCAPES`] order, and the
+    /// scratch run root.
+    async fn escaped(&self, id: &str) -> Result<(Vec<(String, i32)>, PathBuf)> {
+        let path = self.out().join(format!("{id}.escaped"));
+        wait_until("the stand-in's escapees", Duration::from_secs(10), || {
+            path.exists()
+        })
+        .await?;
+        let mut out = Vec::new();
+        for line in std::fs::read_to_string(&path)?.lines() {
+            let mut it = line.split_whitespace();
+            let name = it.next().context("escapee name")?.to_owned();
+            out.push((name, it.next().context("escapee pid")?.parse()?));
+        }
+        let scratch = std::fs::read_to_string(self.out().join(format!("{id}.scratch")))?;
+        Ok((out, PathBuf::from(scratch.trim())))
+    }
+
+    /// Run `script` with `sh -c script <pid file> <dir>`: it starts one process in the background
+    /// and writes its pid to `$0`; returns that pid, recorded as escapee `name` for cleanup.
+    fn escapee(&self, name: &str, script: &str, dir: &Path) -> Result<i32> {
+        let pid_file = self.out().join(format!("{name}.pid"));
+        let status = std::process::Command::new("sh")
+            .args(["-c", script])
+            .arg(&pid_file)
+            .arg(dir)
+            .status()?;
+        assert!(status.success(), "{name}: {status}");
+        let pid: i32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+        let start = proc_start_time(pid).context("escapee start time")?;
+        std::fs::write(
+            self.out().join(format!("{name}.escaped")),
+            format!("{name} {pid} {start}\n"),
+        )?;
+        Ok(pid)
+    }
+
+    /// The agent of execution `id`, from the executor's pid file.
+    fn leader(&self, id: &str) -> Result<i32> {
+        let text = std::fs::read_to_string(self.work_root().join(format!("{id}.pid")))?;
+        Ok(text.split_whitespace().next().context("pid")?.parse()?)
     }
 
     /// Wait for the stand-in's `<uuid>.pids` file: (leader, grandchild).
@@ -89,6 +164,10 @@ impl Drop for Fixture {
             return;
         };
         for entry in entries.filter_map(Result::ok) {
+            if entry.path().extension().is_some_and(|e| e == "escaped") {
+                kill_escapees(&entry.path());
+                continue;
+            }
             if entry.path().extension().is_none_or(|e| e != "pids") {
                 continue;
             }
@@ -108,6 +187,25 @@ impl Drop for Fixture {
                     );
                 }
             }
+        }
+    }
+}
+
+/// SIGKILL the escapees listed in `path` that still have their recorded start time.
+fn kill_escapees(path: &Path) {
+    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(pid), Some(start)) = (
+            fields.get(1).and_then(|p| p.parse::<i32>().ok()),
+            fields.get(2).and_then(|s| s.parse::<u64>().ok()),
+        ) else {
+            continue;
+        };
+        if proc_start_time(pid) == Some(start) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
@@ -430,11 +528,42 @@ async fn reap_orphans_stops_agents_left_by_a_previous_manager() -> Result<()> {
         format!("{pid} {}\n", start_time + 1),
     )?;
 
+    // A podman service the orphan left, out of its group and named only by its command line.
+    let service = fx.escapee(
+        "orphan-service",
+        r#"( cd / || exit 1; env -i PATH=/usr/bin:/bin setsid sh -c 'sleep 300; :' "$1/storage" & echo $! > "$0" )"#,
+        &root.join("orphan-1"),
+    )?;
+    // A work dir whose pid file was never written, with a process working in it.
+    std::fs::create_dir_all(root.join("lost-1"))?;
+    let lost = fx.escapee(
+        "lost",
+        r#"( cd "$1" || exit 1; env -i PATH=/usr/bin:/bin setsid sleep 300 & echo $! > "$0" )"#,
+        &root.join("lost-1"),
+    )?;
+
     let exec = PopenExecutor::new(fx.settings(STANDIN)?);
-    assert_eq!(exec.reap_orphans().await?, 1);
+    let started = Instant::now();
+    assert_eq!(
+        exec.reap_orphans().await?,
+        2,
+        "orphan-1 and lost-1 had processes"
+    );
+    eprintln!("reaping two orphaned builds took {:?}", started.elapsed());
     orphan.wait()?;
     assert!(!alive(grandchild), "the orphan's group survived");
-    for gone in ["orphan-1", "orphan-1.pid", "stale-1", "stale-1.pid"] {
+    assert!(!alive(service), "the orphan's podman service survived");
+    assert!(
+        !alive(lost),
+        "the process in a work dir without pid file survived"
+    );
+    for gone in [
+        "orphan-1",
+        "orphan-1.pid",
+        "stale-1",
+        "stale-1.pid",
+        "lost-1",
+    ] {
         assert!(!root.join(gone).exists(), "{gone} left behind");
     }
     assert!(
@@ -452,4 +581,159 @@ fn proc_start_time(pid: i32) -> Option<u64> {
         .nth(19)?
         .parse()
         .ok()
+}
+
+/// Assert every escapee is alive and outside the agent's process group.
+fn assert_escaped(escapees: &[(String, i32)], leader: i32) {
+    for (name, pid) in escapees {
+        assert!(alive(*pid), "escapee {name} ({pid}) is not running");
+        assert_ne!(
+            pgrp(*pid),
+            Some(leader),
+            "escapee {name} is in the agent's group"
+        );
+    }
+}
+
+fn survivors(escapees: &[(String, i32)]) -> Vec<&str> {
+    escapees
+        .iter()
+        .filter(|(_, pid)| alive(*pid))
+        .map(|(name, _)| name.as_str())
+        .collect()
+}
+
+#[tokio::test]
+async fn stop_kills_processes_that_escaped_the_agents_group() -> Result<()> {
+    let fx = Fixture::new()?;
+    let exec = PopenExecutor::new(fx.settings(&escaping_agent())?);
+    let id = exec.start_builder(&job("escape")).await?;
+    let (escapees, scratch) = fx.escaped(&id).await?;
+    let leader = fx.leader(&id)?;
+    assert_escaped(&escapees, leader);
+    assert!(scratch.is_dir(), "the stand-in made {}", scratch.display());
+
+    let started = Instant::now();
+    exec.stop_builder(&id).await?;
+    let took = started.elapsed();
+    assert!(!alive(leader), "agent survived stop");
+    assert_eq!(
+        survivors(&escapees),
+        Vec::<&str>::new(),
+        "escapees survived stop"
+    );
+    assert!(!fx.work_root().join(&id).exists(), "work dir left behind");
+    assert!(
+        !scratch.exists(),
+        "the podman run root in /tmp was left behind"
+    );
+    assert!(took < Duration::from_secs(6), "stop took {took:?}");
+    eprintln!("stop with 6 escaped processes took {took:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_sigkilled_agents_escapees_die_and_the_next_attempt_is_spared() -> Result<()> {
+    let fx = Fixture::new()?;
+    let exec = PopenExecutor::new(fx.settings(&escaping_agent())?);
+    // Two attempts of one build: same BUILD_UUID, work dirs again-1 and again-2.
+    let first = exec.start_builder(&job("again")).await?;
+    let second = exec.start_builder(&job("again")).await?;
+    assert_eq!((first.as_str(), second.as_str()), ("again-1", "again-2"));
+    let (gone, gone_scratch) = fx.escaped(&first).await?;
+    let (kept, kept_scratch) = fx.escaped(&second).await?;
+    let (first_leader, second_leader) = (fx.leader(&first)?, fx.leader(&second)?);
+    assert_escaped(&gone, first_leader);
+
+    let killed_at = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first_leader),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    wait_count(&exec, 1, Duration::from_secs(10))
+        .await
+        .context("the first attempt reaped")?;
+    let took = killed_at.elapsed();
+    eprintln!("cleanup after an agent's SIGKILL took {took:?}");
+    assert!(took < Duration::from_secs(5), "cleanup took {took:?}");
+    assert_eq!(
+        survivors(&gone),
+        Vec::<&str>::new(),
+        "escapees of the killed agent"
+    );
+    assert!(!fx.work_root().join(&first).exists() && !gone_scratch.exists());
+
+    assert!(
+        alive(second_leader),
+        "the second attempt's agent was killed"
+    );
+    assert_eq!(
+        survivors(&kept).len(),
+        kept.len(),
+        "the second attempt lost processes"
+    );
+    assert!(fx.work_root().join(&second).is_dir() && kept_scratch.is_dir());
+    exec.stop_builder(&second).await?;
+    assert_eq!(survivors(&kept), Vec::<&str>::new());
+    assert!(!kept_scratch.exists());
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "heavy: needs root for chroot, a mount namespace and pivot_root"]
+async fn stop_kills_chrooted_and_pivoted_run_steps() -> Result<()> {
+    // A chroot into the work dir (buildah's chroot isolation) and a pivot_root in a new mount
+    // namespace (runc), whose root link reads "/" from outside.
+    let body = r#"
+W="$QUARRY_WORK_DIR"
+E="$OUT/$(basename "$W")"
+R="$W/rootfs"
+P=PATH=/usr/sbin:/usr/bin:/sbin:/bin
+st() { cut -d' ' -f22 "/proc/$1/stat"; }
+mkdir -p "$R/bin" "$R/old" && cp /bin/busybox "$R/bin/"
+( cd / || exit 1; env -i $P setsid chroot "$R" /bin/busybox sleep 304 & echo $! > "$E.chroot" )
+( cd / || exit 1; env -i $P setsid unshare -m sh -c 'mount --bind "$0" "$0" && cd "$0" && pivot_root . old && exec /bin/busybox sleep 305' "$R" & echo $! > "$E.pivot" )
+for n in chroot pivot; do
+  p=$(cat "$E.$n"); i=0
+  until tr '\0' ' ' < "/proc/$p/cmdline" | grep -q '^/bin/busybox' || [ $i -gt 250 ]; do sleep 0.02; i=$((i+1)); done
+done
+for n in chroot pivot; do p=$(cat "$E.$n"); echo "$n $p $(st "$p")"; done > "$E.escaped.tmp"
+echo none > "$E.scratch"
+mv "$E.escaped.tmp" "$E.escaped"
+sleep 300 &
+wait
+"#;
+    for tool in ["/bin/busybox", "/usr/sbin/chroot", "/usr/bin/unshare"] {
+        assert!(
+            Path::new(tool).exists(),
+            "{tool} is missing: apt-get install busybox-static util-linux coreutils"
+        );
+    }
+    let fx = Fixture::new()?;
+    let exec = PopenExecutor::new(fx.settings(body)?);
+    let id = exec.start_builder(&job("isolated")).await?;
+    let (escapees, _) = fx.escaped(&id).await?;
+    let leader = fx.leader(&id)?;
+    assert_escaped(&escapees, leader);
+    for (name, pid) in &escapees {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))?;
+        assert!(
+            cmdline.starts_with(b"/bin/busybox"),
+            "{name} never started: {cmdline:?}"
+        );
+    }
+    let pivot = escapees[1].1;
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pivot}/root"))?,
+        Path::new("/")
+    );
+    let started = Instant::now();
+    exec.stop_builder(&id).await?;
+    eprintln!(
+        "stop with a chrooted and a pivoted process took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(survivors(&escapees), Vec::<&str>::new());
+    assert!(!fx.work_root().join(&id).exists());
+    Ok(())
 }

@@ -180,3 +180,44 @@ async fn the_sweeper_closes_a_last_attempt_whose_job_vanished() {
     assert_eq!(exec.start_count(), 1);
     h.shutdown().await;
 }
+
+/// Regression (issue 3 review): a failed startup recovery made `Manager::run` return, leaving
+/// the servers up with no scheduler.
+#[tokio::test]
+async fn startup_recovery_is_retried_until_the_orchestrator_answers() {
+    let exec = FakeExecutor::new("a", 0, completing_agent());
+    let mut h = Harness::new(fast_settings(), vec![Arc::clone(&exec)]).await;
+    // A build a previous manager left in `building` (its job record is gone).
+    let build = h.submit(REPO).await;
+    let id = build.uuid.clone();
+    h.builds
+        .write(move |tx| {
+            queue::claim(tx, 600_000, true)?.unwrap();
+            model::start_attempt(tx, &id)?;
+            model::set_phase_cas(tx, &id, None, Phase::Building, None)?;
+            Ok::<_, buildman::db::BuildDbError>(())
+        })
+        .await
+        .unwrap();
+    h.chaos.set_down(true);
+    h.run();
+    // Recovery fails while the orchestrator is down; the manager keeps trying.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(h.is_running(), "run must not return when recovery fails");
+    assert_eq!(h.build(&build.uuid).await.phase, Phase::Building);
+    assert_eq!(
+        exec.start_count(),
+        0,
+        "nothing is scheduled before recovery"
+    );
+    h.chaos.set_down(false);
+    let done = h.wait_phase(&build.uuid, Phase::Complete, WAIT).await;
+    assert_eq!(done.attempts, 2);
+    let log = h.log(&build.uuid).await;
+    assert!(
+        log.iter()
+            .any(|(k, m)| k.as_deref() == Some("error") && m.contains("worker was lost")),
+        "{log:?}"
+    );
+    h.shutdown().await;
+}

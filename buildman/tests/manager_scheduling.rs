@@ -1,5 +1,6 @@
 //! Scheduling: capacity waits that never consume a retry, executor failover by
-//! MINIMUM_RETRY_THRESHOLD and on start errors, and an attempt no executor can start.
+//! MINIMUM_RETRY_THRESHOLD and on start errors, and attempts no executor can start (used up; the
+//! last closes the build).
 #![allow(clippy::unwrap_used, clippy::tests_outside_test_module, missing_docs)]
 
 mod manager_support;
@@ -105,7 +106,7 @@ async fn a_start_error_falls_through_to_the_next_executor_in_the_same_attempt() 
 }
 
 #[tokio::test]
-async fn no_startable_executor_keeps_the_retry_and_says_why() {
+async fn an_attempt_no_executor_can_start_is_used_up_and_says_why() {
     let a = FakeExecutor::new("a", 0, completing_agent());
     a.fail_start.store(true, Ordering::SeqCst);
     let mut settings = fast_settings();
@@ -121,16 +122,72 @@ async fn no_startable_executor_keeps_the_retry_and_says_why() {
     let (kind, message) = &log[0];
     assert_eq!(kind.as_deref(), Some("error"));
     assert!(
-        message.starts_with("no executor could start the build (a: builder-agent binary not found"),
+        message.starts_with(
+            "attempt 1 failed: no executor could start this build: every eligible executor \
+             failed (a: builder-agent binary not found"
+        ),
         "{message}"
     );
-    assert!(message.ends_with("retrying in 1 s"), "{message}");
+    assert!(
+        message.ends_with("retrying in 1 s (2 attempts left)"),
+        "{message}"
+    );
+    // The attempt counts: its retry is not given back.
     let b = h.build(&build.uuid).await;
-    assert_eq!((b.phase, b.attempts), (Phase::Waiting, 0));
-    assert_eq!(h.retries(&build.uuid).await, Some(3));
-    // Once the executor works again, the build runs on its first attempt.
+    assert_eq!((b.phase, b.attempts), (Phase::Waiting, 1));
+    assert_eq!(h.retries(&build.uuid).await, Some(2));
+    // Once the executor works again, the next attempt runs.
     a.fail_start.store(false, Ordering::SeqCst);
     let done = h.wait_phase(&build.uuid, Phase::Complete, WAIT).await;
+    assert_eq!(done.attempts, 2);
+    h.shutdown().await;
+}
+
+/// Regression (issue 3 review): with one executor of MINIMUM_RETRY_THRESHOLD 1, attempt 3 has no
+/// eligible executor; giving its retry back looped forever and blocked the repository.
+#[tokio::test]
+async fn a_build_no_executor_may_run_closes_instead_of_blocking_its_repository() {
+    let a = FakeExecutor::new("a", 1, silent());
+    let mut settings = fast_settings();
+    settings.registration_timeout = Duration::from_secs(1);
+    let mut h = Harness::new(settings, vec![Arc::clone(&a)]).await;
+    h.run();
+    let stuck = h.submit(REPO).await;
+    // Queued behind it (one build per repository at a time).
+    let next = h.submit(REPO).await;
+    // Attempt 2 runs the silent agent too; the next build's agent completes.
+    manager_support::wait_for("attempt 2", WAIT, || async {
+        (a.start_count() == 2).then_some(())
+    })
+    .await;
+    a.set_script(completing_agent());
+    let closed = h.wait_closed(&stuck.uuid, WAIT).await;
+    assert_eq!(closed.phase, Phase::InternalError);
+    assert_eq!(
+        closed.error.as_deref(),
+        Some(
+            "no executor could start this build: none is eligible for namespace \"alice\" \
+             with 0 retries left (check NAMESPACE_WHITELIST, STAGED_ROLLOUT and \
+             MINIMUM_RETRY_THRESHOLD)"
+        )
+    );
+    assert_eq!(closed.attempts, 3);
+    assert_eq!(h.retries(&stuck.uuid).await, None, "its queue item is gone");
+    assert_eq!(
+        h.phases(&stuck.uuid).await,
+        [
+            "build-scheduled",
+            "internalerror",
+            "build-scheduled",
+            "internalerror"
+        ],
+        "attempt 3 never reached a worker"
+    );
+    let done = h.wait_phase(&next.uuid, Phase::Complete, WAIT).await;
     assert_eq!(done.attempts, 1);
+    assert_eq!(
+        a.started_builds(),
+        [stuck.uuid.clone(), stuck.uuid.clone(), next.uuid.clone()]
+    );
     h.shutdown().await;
 }

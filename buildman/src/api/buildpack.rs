@@ -164,6 +164,7 @@ mod tests {
             max_upload_bytes: 1,
             public_base_url: "http://127.0.0.1:8080/".into(),
             reader_build_logs: false,
+            allow_local_git_sources: true,
         };
         let url = package_url(&settings, &keys, "f1", Duration::from_secs(60)).unwrap();
         let token = url

@@ -260,6 +260,15 @@ pub(crate) async fn create(
     let access = authorize(&state, Some(caller.clone()), name.clone(), Role::Write).await?;
     let req: BuildRequest = parse_json(&body)?;
     let source = request::source(&req)?;
+    if let Source::Git(git) = &source
+        && !state.settings.allow_local_git_sources
+        && request::is_local_git_url(&git.url)
+    {
+        return Err(InvalidRequest::LocalGitSource {
+            url: git.url.clone(),
+        }
+        .into());
+    }
     let docker_tags = request::tags(&req.docker_tags)?;
     request::build_args(&req.build_args)?;
     let (build_subdir, context) = request::dockerfile_context(&req)?;

@@ -141,6 +141,15 @@ pub enum InvalidRequest {
         /// The rejected URL.
         url: String,
     },
+    /// `git.url` names the build host's own filesystem, which this install does not allow.
+    #[error(
+        "git.url {url:?} is a path on the build host; local git sources are disabled \
+         (a trusted single-user install may set BUILD_MANAGER[1].ALLOW_LOCAL_GIT_SOURCES: true)"
+    )]
+    LocalGitSource {
+        /// The rejected URL.
+        url: String,
+    },
     /// `git.sha` is not a full commit id.
     #[error("git.sha {sha:?} is invalid: expected a full 40-character hexadecimal commit id")]
     GitSha {

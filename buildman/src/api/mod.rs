@@ -51,6 +51,8 @@ pub struct ApiSettings {
     pub public_base_url: String,
     /// `FEATURE_READER_BUILD_LOGS`: readers may see logs and sources, not only writers.
     pub reader_build_logs: bool,
+    /// `ALLOW_LOCAL_GIT_SOURCES`: `git.url` may be a path or `file://` URL on the build host.
+    pub allow_local_git_sources: bool,
 }
 
 /// What the handlers need.

@@ -95,6 +95,11 @@ fn git(src: GitSource) -> Result<Source, InvalidRequest> {
     Ok(Source::Git(GitSource { url, sha }))
 }
 
+/// Whether `url` (already accepted by `git_url_ok`) names the build host's filesystem.
+pub(crate) fn is_local_git_url(url: &str) -> bool {
+    url.starts_with('/') || url.starts_with("file://")
+}
+
 /// Clone URLs we hand to the agent: known transports only. Refused: option-like values (`-u...`),
 /// control characters, and git's remote-helper syntax (`ext::<command>` would run a command).
 fn git_url_ok(url: &str) -> bool {

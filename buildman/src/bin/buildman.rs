@@ -133,7 +133,10 @@ fn main() -> ExitCode {
                     buildman::server::serve(config, shutdown_signal(), |bound| {
                         // Tests and scripts read these lines (stdout) to learn the ports.
                         println!("buildman listening on http://{}", bound.http);
-                        println!("buildman gRPC for agents on {}", bound.grpc);
+                        match bound.grpc {
+                            Some(grpc) => println!("buildman gRPC for agents on {grpc}"),
+                            None => println!("buildman: builds are disabled, registry only"),
+                        }
                     })
                     .await
                     .context("serving")

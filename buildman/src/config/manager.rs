@@ -27,6 +27,7 @@ pub(super) const KEYS: &[&str] = &[
     "RETRY_AFTER_S",
     "GRPC_LISTEN_ADDR",
     "MAX_ARCHIVE_SIZE",
+    "ALLOW_LOCAL_GIT_SOURCES",
 ];
 
 const SHAPE: &str = r#"a list of two items: ["ephemeral", {settings}]"#;
@@ -69,6 +70,10 @@ pub struct ManagerConfig {
     pub grpc_listen_addr: SocketAddr,
     /// Quarry: `MAX_ARCHIVE_SIZE` (default: 2G): largest uploaded or fetched build archive.
     pub max_archive_size: ByteSize,
+    /// Quarry: `ALLOW_LOCAL_GIT_SOURCES` (default: false): builds may clone a path or `file://`
+    /// URL on the build host. Only for trusted, single-tenant installs: with the popen executor
+    /// any writer could read the host's repositories.
+    pub allow_local_git_sources: bool,
 }
 
 impl ManagerConfig {
@@ -87,6 +92,7 @@ impl ManagerConfig {
             retry_after_s: 30,
             grpc_listen_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             max_archive_size: ByteSize::parse("2G").expect("2G is a valid size"),
+            allow_local_git_sources: false,
         }
     }
 
@@ -172,6 +178,9 @@ impl ManagerConfig {
         }
         if let Some(size) = r.size(ctx, "MAX_ARCHIVE_SIZE") {
             self.max_archive_size = size;
+        }
+        if let Some(b) = r.bool(ctx, "ALLOW_LOCAL_GIT_SOURCES") {
+            self.allow_local_git_sources = b;
         }
         r.finish(ctx, &LEVEL);
     }

@@ -15,6 +15,8 @@ mod orphans;
 pub mod popen;
 mod process;
 mod reaper;
+mod scan;
+mod sweep;
 
 pub use popen::PopenExecutor;
 
@@ -161,17 +163,6 @@ pub enum ExecutorError {
         /// The I/O error.
         #[source]
         source: std::io::Error,
-    },
-    /// A signal could not be delivered to a worker's process group.
-    #[error("failed to signal process group {pgid} of {execution_id}: kill it by hand")]
-    Signal {
-        /// The execution id.
-        execution_id: String,
-        /// The process group.
-        pgid: i32,
-        /// The errno.
-        #[source]
-        source: nix::errno::Errno,
     },
     /// The work directory could not be removed after the worker stopped.
     #[error("failed to remove work directory {path}: remove it by hand")]

@@ -4,9 +4,14 @@
 //! a private work directory `<work_root>/<build uuid>-<n>` (mode 0700; the agent keeps its
 //! sources and its private podman storage there), with stdout and stderr appended to
 //! `<work dir>.log`. The execution id is the work directory's name. A reaper task per agent
-//! notices its exit, kills what is left of its group, removes the work directory and logs the exit
-//! status with the build id; it also enforces `MAX_LIFETIME_S`. Stopping signals the whole group:
-//! SIGTERM, then SIGKILL after 5 s.
+//! notices its exit, kills every process left of the build, removes the work directory and logs
+//! the exit status with the build id; it also enforces `MAX_LIFETIME_S`. Stopping signals the
+//! agent's group: SIGTERM, then SIGKILL after 5 s.
+//!
+//! "Every process of the build" is more than the agent's group: its podman service and buildah's
+//! RUN steps leave it. Before a work directory is removed (exit, stop, `MAX_LIFETIME_S`, orphan
+//! reaping, shutdown, drop) the executor finds them in `/proc` by the work directory, the build
+//! id and the agent's podman record, and kills them (`sweep`).
 //!
 //! `<work dir>.pid` records the group so that [`PopenExecutor::reap_orphans`] can stop agents left
 //! behind by a buildman that was killed without a chance to stop them.
@@ -23,6 +28,8 @@ use tokio::sync::{Notify, watch};
 use super::orphans;
 use super::process;
 use super::reaper::{self, Children, Running};
+use super::scan::Recorded;
+use super::sweep::BuildSweep;
 use super::{Executor, ExecutorError, ExecutorSettings, StartJob};
 
 /// Every variable an agent may receive; nothing else from the manager's environment reaches it.
@@ -133,9 +140,10 @@ impl PopenExecutor {
         env
     }
 
-    /// Stop agents that a previous buildman left running in `work_root` (found by their pid
-    /// files) and remove their work directories; their logs are kept. Call once at startup,
-    /// before scheduling, on each distinct work root. Returns how many groups were stopped.
+    /// Stop every process of the builds that a previous buildman left in `work_root` (found by
+    /// their pid files and work directories) and remove their work directories; their logs are
+    /// kept. Call once at startup, before scheduling, on each distinct work root. Returns how
+    /// many builds still had processes running.
     pub async fn reap_orphans(&self) -> Result<usize, ExecutorError> {
         let children = &self.children;
         orphans::reap(&self.settings.work_root, |id| {
@@ -229,13 +237,16 @@ impl PopenExecutor {
                 source: std::io::Error::other("the agent exited before its pid was read"),
             });
         };
-        if let Err(e) = process::write_pid_file(&pid_path(dir), pgid) {
+        let start_time = process::read_stat(pgid).map_or(0, |s| s.start_time);
+        if let Err(e) = process::write_pid_file(&pid_path(dir), pgid, start_time) {
             tracing::warn!(execution_id = id, error = %e, "failed to write the agent's pid file");
         }
         let stop = Arc::new(Notify::new());
         let (done_tx, done) = watch::channel(false);
         let running = Running {
+            build_uuid: job.build_uuid.clone(),
             pgid,
+            start_time,
             work_dir: dir.to_path_buf(),
             stop: stop.clone(),
             done,
@@ -249,6 +260,7 @@ impl PopenExecutor {
             build_uuid: job.build_uuid.clone(),
             child,
             pgid,
+            start_time,
             dir: dir.to_path_buf(),
             stop,
             done: done_tx,
@@ -336,16 +348,28 @@ impl Executor for PopenExecutor {
 }
 
 impl Drop for PopenExecutor {
-    /// Last resort when buildman exits without `shutdown_all`: SIGKILL every agent group and
-    /// remove its work directory, so no agent or podman service outlives the manager.
+    /// Last resort when buildman exits without `shutdown_all`: SIGKILL every process of every
+    /// build (agent group, podman service, RUN steps) and remove its work directory, so nothing
+    /// outlives the manager. Blocks for at most about a second per build.
     fn drop(&mut self) {
         for (id, running) in self.children.lock().drain() {
             if let Err(e) = process::signal_group(running.pgid, Signal::SIGKILL) {
                 tracing::error!(execution_id = %id, pgid = running.pgid, error = %e,
                     "failed to kill builder agent group on shutdown");
             }
-            let _ = std::fs::remove_dir_all(&running.work_dir);
-            let _ = process::remove_file(&pid_path(&running.work_dir));
+            let group = Recorded {
+                pid: running.pgid,
+                start_time: running.start_time,
+            };
+            let sweep = BuildSweep::new(&running.build_uuid, &running.work_dir, Some(group));
+            let swept = sweep.kill_now();
+            if swept.survivors.is_empty() {
+                sweep.remove_files_now();
+                let _ = process::remove_file(&pid_path(&running.work_dir));
+            } else {
+                tracing::error!(execution_id = %id, survivors = ?swept.survivors,
+                    "build processes survived SIGKILL on shutdown; kill them by hand");
+            }
         }
     }
 }

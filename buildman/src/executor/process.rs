@@ -1,6 +1,6 @@
-//! Process-group plumbing for the popen executor: signal a group, tell whether any live member
-//! remains, terminate a group with a grace period, record a group in a pid file so that a later
-//! buildman can find it after a crash, and remove a work directory.
+//! Process plumbing for the popen executor: read `/proc/<pid>/stat`, signal the agent's process
+//! group, record that group in a pid file so that a later buildman can find it after a crash, and
+//! remove a work directory. Finding and killing every process of a build is [`super::sweep`].
 //!
 //! Liveness is read from `/proc/<pid>/stat` rather than with `kill(pid, 0)`: a zombie still
 //! answers `kill`, and orphaned zombies linger when PID 1 does not reap them (as in some
@@ -12,20 +12,17 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::time::Instant;
 
-/// How long a group gets between SIGTERM and SIGKILL.
+/// How long an agent gets between SIGTERM and SIGKILL.
 pub(super) const GRACE: Duration = Duration::from_secs(5);
-/// How long to wait for a group to vanish after SIGKILL.
-const KILL_WAIT: Duration = Duration::from_secs(2);
-/// Poll interval while waiting for a group to empty.
-const POLL: Duration = Duration::from_millis(50);
 
 /// The fields of `/proc/<pid>/stat` we use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct ProcStat {
     /// One-letter state; `Z` is a zombie.
     pub(super) state: char,
+    /// Parent process id.
+    pub(super) ppid: i32,
     /// Process group id.
     pub(super) pgrp: i32,
     /// Start time in clock ticks after boot: with the pid, it identifies one process.
@@ -37,9 +34,11 @@ pub(super) struct ProcStat {
 pub(super) fn parse_stat(line: &str) -> Option<ProcStat> {
     let rest = &line[line.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state(0) ppid(1) pgrp(2) ... starttime(19), i.e. fields 3, 5 and 22 of proc(5).
+    // After the name: state(0) ppid(1) pgrp(2) ... starttime(19), i.e. fields 3, 4, 5 and 22 of
+    // proc(5).
     Some(ProcStat {
         state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
         pgrp: fields.get(2)?.parse().ok()?,
         start_time: fields.get(19)?.parse().ok()?,
     })
@@ -48,18 +47,6 @@ pub(super) fn parse_stat(line: &str) -> Option<ProcStat> {
 /// The stat of `pid`, or `None` when it does not exist.
 pub(super) fn read_stat(pid: i32) -> Option<ProcStat> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
-/// Whether any process other than a zombie is in group `pgid`.
-pub(super) fn group_alive(pgid: i32) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(read_stat)
-        .any(|s| s.pgrp == pgid && s.state != 'Z')
 }
 
 /// Send `signal` to group `pgid`; a group that no longer exists is not an error.
@@ -74,32 +61,8 @@ pub(super) fn signal_group(pgid: i32, signal: Signal) -> Result<(), Errno> {
     }
 }
 
-/// Wait until group `pgid` has no live member or `deadline` passes; true if it emptied.
-pub(super) async fn wait_group_gone(pgid: i32, deadline: Instant) -> bool {
-    loop {
-        if !group_alive(pgid) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Let group `pgid` exit until `grace_end` (SIGTERM must have been sent already), then SIGKILL
-/// what is left and wait briefly for it to go. Returns false if members survived SIGKILL.
-pub(super) async fn finish_group(pgid: i32, grace_end: Instant) -> Result<bool, Errno> {
-    if wait_group_gone(pgid, grace_end).await {
-        return Ok(true);
-    }
-    signal_group(pgid, Signal::SIGKILL)?;
-    Ok(wait_group_gone(pgid, Instant::now() + KILL_WAIT).await)
-}
-
 /// Write `<pid> <start time>` to `path`, so a restarted manager can find the group.
-pub(super) fn write_pid_file(path: &Path, pid: i32) -> std::io::Result<()> {
-    let start_time = read_stat(pid).map_or(0, |s| s.start_time);
+pub(super) fn write_pid_file(path: &Path, pid: i32, start_time: u64) -> std::io::Result<()> {
     std::fs::write(path, format!("{pid} {start_time}\n"))
 }
 
@@ -108,16 +71,6 @@ pub(super) fn read_pid_file(path: &Path) -> Option<(i32, u64)> {
     let text = std::fs::read_to_string(path).ok()?;
     let mut parts = text.split_whitespace();
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-}
-
-/// Whether the group recorded as (`pid`, `start_time`) may still have live members. The kernel
-/// does not reuse a pid while a group of that id exists, so a live process with that pid but a
-/// different start time means the recorded group is gone.
-pub(super) fn recorded_group_alive(pid: i32, start_time: u64) -> bool {
-    match read_stat(pid) {
-        Some(s) if s.start_time != start_time => false,
-        _ => pid > 1 && group_alive(pid),
-    }
 }
 
 /// Remove `path` recursively (absent is fine), retrying once after a short sleep: files of a
@@ -162,6 +115,7 @@ mod tests {
             stat,
             ProcStat {
                 state: 'S',
+                ppid: 1,
                 pgrp: 4240,
                 start_time: 987_654
             }
@@ -174,15 +128,9 @@ mod tests {
         let me = i32::try_from(std::process::id()).unwrap();
         let stat = read_stat(me).unwrap();
         assert_ne!(stat.state, 'Z');
-        assert!(group_alive(stat.pgrp));
-        assert!(recorded_group_alive(
-            stat.pgrp,
-            read_stat(stat.pgrp).map_or(0, |s| s.start_time)
-        ));
-        assert!(
-            !recorded_group_alive(me, stat.start_time + 1),
-            "a different start time"
-        );
+        let parent = i32::try_from(std::os::unix::process::parent_id()).unwrap();
+        assert_eq!(stat.ppid, parent);
+        assert!(read_stat(-1).is_none());
     }
 
     #[test]
@@ -196,9 +144,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.pid");
         let me = i32::try_from(std::process::id()).unwrap();
-        write_pid_file(&path, me).unwrap();
-        let (pid, start) = read_pid_file(&path).unwrap();
-        assert_eq!((pid, start), (me, read_stat(me).unwrap().start_time));
+        write_pid_file(&path, me, 987).unwrap();
+        assert_eq!(read_pid_file(&path), Some((me, 987)));
         remove_file(&path).unwrap();
         remove_file(&path).unwrap();
     }

@@ -1,6 +1,7 @@
 //! The popen executor's per-agent reaper task: waits for the agent to exit, stops it when asked
-//! or when it outlives `MAX_LIFETIME_S`, kills what is left of its process group, removes its
-//! work directory and logs the exit status with the build id.
+//! or when it outlives `MAX_LIFETIME_S`, kills every process left of its build (its group, its
+//! podman service, RUN steps: see [`super::sweep`]), removes its work directory and logs the exit
+//! status with the build id.
 
 use std::collections::HashMap;
 use std::io::{Read as _, Seek as _, SeekFrom};
@@ -14,6 +15,8 @@ use tokio::time::Instant;
 
 use super::popen::{log_path, pid_path};
 use super::process::{self, GRACE};
+use super::scan::Recorded;
+use super::sweep::{BuildSweep, SWEEP_GRACE, Swept};
 
 /// How much of a failed agent's log is copied into the tracing log.
 const LOG_TAIL_BYTES: u64 = 2048;
@@ -35,8 +38,12 @@ impl Children {
 /// One live agent.
 #[derive(Debug)]
 pub(super) struct Running {
+    /// The build it runs.
+    pub(super) build_uuid: String,
     /// Its process group (= the agent's pid).
     pub(super) pgid: i32,
+    /// The agent's start time, naming the group together with `pgid`.
+    pub(super) start_time: u64,
     /// Its work directory.
     pub(super) work_dir: PathBuf,
     /// Asks the reaper to stop the agent; `notify_one` stores a permit, so no request is lost.
@@ -53,6 +60,7 @@ pub(super) struct Reaper {
     pub(super) build_uuid: String,
     pub(super) child: tokio::process::Child,
     pub(super) pgid: i32,
+    pub(super) start_time: u64,
     pub(super) dir: PathBuf,
     pub(super) stop: Arc<Notify>,
     pub(super) done: watch::Sender<bool>,
@@ -113,21 +121,21 @@ pub(super) async fn reap(mut r: Reaper) {
             }
         }
     };
-    // The agent is gone; whatever is left of its group (a podman service it did not stop, a
-    // build step) goes too. The group id cannot be reused while any member lives.
-    let grace_end = match grace_end {
-        Some(t) => t,
-        None => r.terminate(),
-    };
-    match process::finish_group(r.pgid, grace_end).await {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::error!(build_uuid = %r.build_uuid, execution_id = %r.id, pgid = r.pgid,
-            "builder agent group survived SIGKILL; kill it by hand")
-        }
-        Err(e) => tracing::error!(build_uuid = %r.build_uuid, execution_id = %r.id, pgid = r.pgid,
-            error = %e, "failed to kill builder agent group; kill it by hand"),
-    }
+    // The agent is gone; whatever is left of its build goes too: its group (the group id cannot
+    // be reused while any member lives), its podman service and the RUN steps, which left the
+    // group. After a stop the grace has run already; after an exit of its own they get a short one.
+    let sweep = BuildSweep::new(
+        &r.build_uuid,
+        &r.dir,
+        Some(Recorded {
+            pid: r.pgid,
+            start_time: r.start_time,
+        }),
+    );
+    let swept = sweep
+        .terminate(grace_end.unwrap_or_else(|| Instant::now() + SWEEP_GRACE))
+        .await;
+    report(&r, &swept);
     let log = log_path(&r.dir);
     let failed_alone = ending == Ending::Own && !matches!(&status, Ok(s) if s.success());
     match &status {
@@ -143,11 +151,17 @@ pub(super) async fn reap(mut r: Reaper) {
         Err(e) => tracing::error!(build_uuid = %r.build_uuid, execution_id = %r.id, error = %e,
             "failed to wait for builder agent"),
     }
-    if let Err(e) = process::remove_dir(&r.dir).await {
-        tracing::error!(build_uuid = %r.build_uuid, path = %r.dir.display(), error = %e,
-            "failed to remove builder work directory; remove it by hand");
+    // A process that survived SIGKILL (stuck in the kernel) may still write there: keep the
+    // directory and the pid file, so that the next buildman start sweeps and removes them.
+    if swept.survivors.is_empty() {
+        match sweep.remove_files().await {
+            Ok(()) => {
+                let _ = process::remove_file(&pid_path(&r.dir));
+            }
+            Err((path, e)) => tracing::error!(build_uuid = %r.build_uuid, path = %path.display(),
+                error = %e, "failed to remove builder work directory; remove it by hand"),
+        }
     }
-    let _ = process::remove_file(&pid_path(&r.dir));
     // The log outlives the directory when DEBUG is set or the agent failed on its own, so an
     // operator can read why.
     if !(r.debug || failed_alone) {
@@ -155,6 +169,20 @@ pub(super) async fn reap(mut r: Reaper) {
     }
     r.children.lock().remove(&r.id);
     r.done.send_replace(true);
+}
+
+fn report(r: &Reaper, swept: &Swept) {
+    let elapsed_ms = u64::try_from(swept.elapsed.as_millis()).unwrap_or(u64::MAX);
+    if !swept.survivors.is_empty() {
+        tracing::error!(build_uuid = %r.build_uuid, execution_id = %r.id, survivors = ?swept.survivors,
+            "build processes survived SIGKILL; kill them by hand, the work directory is kept");
+    } else if swept.found > 0 {
+        tracing::info!(build_uuid = %r.build_uuid, execution_id = %r.id, processes = swept.found,
+            elapsed_ms, "stopped the processes left by the builder agent");
+    } else {
+        tracing::debug!(build_uuid = %r.build_uuid, execution_id = %r.id, elapsed_ms,
+            "no build process left");
+    }
 }
 
 /// The last [`LOG_TAIL_BYTES`] of the agent's log, for the failure message.

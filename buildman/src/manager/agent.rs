@@ -1,86 +1,53 @@
-//! What the agent's RPCs do (reference 1.2): registration, heartbeats, phase reports, log lines
-//! and the cached tag. [`crate::grpc`] verifies tokens and converts wire types; the rules are
-//! here.
+//! What the agent's RPCs do (reference 1.2): registration, heartbeats, log lines and the cached
+//! tag (phase reports are in `phase.rs`). [`crate::grpc`] verifies tokens and converts wire
+//! types; the rules are here.
+
+use std::time::Duration;
 
 use registry_core::db::now_ms;
-use serde_json::{Map, Value};
 
 use super::buildpack::BuildPackSpec;
 use super::finish::Outcome;
-use super::jobs::{JobRecord, set_phase_logged};
-use super::{Manager, ManagerError, ms};
-use crate::model::{self, Phase};
+use super::jobs::{JobRecord, registration_lock};
+use super::{Manager, ManagerError, error_chain, ms};
+use crate::model;
 use crate::queue;
-use crate::tokens::BuildContext;
+use crate::tokens::{BuildContext, LEEWAY_S, REGISTRATION_GRACE};
 
-/// `SetPhase`'s pull metadata (reference 1.1), stored in the `pulling` phase entry.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PullInfo {
-    /// Registry of the base image.
-    pub registry_url: String,
-    /// Base image name.
-    pub base_image: String,
-    /// Base image tag.
-    pub base_image_tag: String,
-    /// User the agent pulls as.
-    pub pull_username: String,
-}
-
-impl PullInfo {
-    /// The log entry's extra data: Quay's field names, empty strings omitted.
-    fn to_data(&self) -> Map<String, Value> {
-        let mut data = Map::new();
-        for (k, v) in [
-            ("registry_url", &self.registry_url),
-            ("base_image", &self.base_image),
-            ("base_image_tag", &self.base_image_tag),
-            ("pull_username", &self.pull_username),
-        ] {
-            if !v.is_empty() {
-                data.insert(k.to_owned(), Value::String(v.clone()));
-            }
-        }
-        data
-    }
-}
-
-/// One `SetPhase` call in domain terms.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PhaseReport {
-    /// The agent's phase sequence number; one not above the last accepted is refused.
-    pub sequence_number: i32,
-    /// The phase reported (`Phase::Error` for the wire `ERROR`).
-    pub phase: Phase,
-    /// With `pulling`: what is pulled.
-    pub pull: Option<PullInfo>,
-    /// With `error`: why (Quarry addition).
-    pub error_message: String,
-    /// With `error`: the infrastructure failed, so the attempt may be retried.
-    pub retryable: bool,
-    /// With `complete`: the manifest digests pushed, one per tag.
-    pub manifest_digests: Vec<String>,
-}
+/// The one-shot registration lock outlives the registration token by its verification leeway.
+const REGISTRATION_LOCK_MARGIN: Duration = Duration::from_secs(LEEWAY_S + 5);
 
 impl Manager {
     /// The running job of the agent holding `ctx`: `None` when the job is gone or belongs to
     /// another attempt than the token's.
-    async fn job_of(&self, ctx: &BuildContext) -> Result<Option<JobRecord>, ManagerError> {
+    pub(super) async fn job_of(
+        &self,
+        ctx: &BuildContext,
+    ) -> Result<Option<JobRecord>, ManagerError> {
         let rec = self.load_job(&ctx.build_id).await?;
         Ok(rec.filter(|r| ctx.attempt_id.is_empty() || r.state_id() == ctx.attempt_id))
     }
 
-    async fn build_of(&self, uuid: &str) -> Result<Option<model::Build>, ManagerError> {
+    pub(super) async fn build_of(&self, uuid: &str) -> Result<Option<model::Build>, ManagerError> {
         let uuid = uuid.to_owned();
         Ok(self.builds.read(move |c| model::get(c, &uuid)).await?)
     }
 
     /// `RegisterBuildJob`: hand the agent its build pack and job token (reference 4.1).
+    ///
+    /// One-shot per attempt: a second registration with the attempt's token (a replay within
+    /// its life) is refused and changes nothing. A build that cannot be built as asked (no
+    /// source, no account to push as, an upload whose URL cannot be signed) ends as `error` with
+    /// the reason at once, instead of expiring and being retried.
     #[tracing::instrument(skip_all, fields(build_id = %ctx.build_id))]
     pub async fn start_job(&self, ctx: &BuildContext) -> Result<BuildPackSpec, ManagerError> {
         let _guard = self.locks.lock(&ctx.build_id).await;
         let Some(mut rec) = self.job_of(ctx).await? else {
             return Err(ManagerError::JobGone(ctx.build_id.clone()));
         };
+        if rec.registered {
+            return Err(ManagerError::AlreadyRegistered(ctx.build_id.clone()));
+        }
         let build = self
             .build_of(&ctx.build_id)
             .await?
@@ -88,7 +55,25 @@ impl Manager {
         if build.phase.is_final() || build.completed_ms.is_some() {
             return Err(ManagerError::JobGone(ctx.build_id.clone()));
         }
-        let pack = self.build_pack(&build, ctx).await?;
+        // The record check above covers this manager; the lock makes registration one-shot
+        // across managers sharing the orchestrator too. It outlives the registration token.
+        let once = registration_lock(&ctx.build_id, rec.state_id());
+        let ttl =
+            self.settings.registration_timeout + REGISTRATION_GRACE + REGISTRATION_LOCK_MARGIN;
+        if !self.orchestrator.lock(&once, ttl).await? {
+            return Err(ManagerError::AlreadyRegistered(ctx.build_id.clone()));
+        }
+        let pack = match self.build_pack(&build, ctx, rec.state_id()).await {
+            Ok(pack) => pack,
+            Err(e) if e.is_build_fault() => {
+                let message = error_chain(&e);
+                tracing::warn!(reason = %message, "the build cannot run; ending it as error");
+                self.finish_attempt(&rec, Outcome::Failed { message })
+                    .await?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         rec.registered = true;
         // Until its first heartbeat, the agent has the executor's SETUP_TIME.
         let setup = rec
@@ -155,90 +140,31 @@ impl Manager {
         Ok(true)
     }
 
-    /// `SetPhase` (reference 2.1, sequence numbers checked per attempt). Returns `success`.
-    #[tracing::instrument(skip_all, fields(build_id = %ctx.build_id, phase = %report.phase,
-        seq = report.sequence_number))]
-    pub async fn update_job_phase(
+    /// `LogMessage`: append one agent line to the log of the agent's build, if the agent's
+    /// attempt is the build's running one. Returns whether it was appended; `false` tells the
+    /// agent its job is over (a stale attempt, a finished build).
+    pub async fn append_agent_log(
         &self,
         ctx: &BuildContext,
-        report: PhaseReport,
+        message: &str,
     ) -> Result<bool, ManagerError> {
-        let _guard = self.locks.lock(&ctx.build_id).await;
-        let Some(mut rec) = self.job_of(ctx).await? else {
-            tracing::info!("phase refused: the job is not running");
-            return Ok(false);
-        };
-        if rec
-            .phase_seq
-            .is_some_and(|last| report.sequence_number <= last)
-        {
-            tracing::info!(last = ?rec.phase_seq, "phase refused: stale sequence number");
-            return Ok(false);
-        }
-        let Some(build) = self.build_of(&ctx.build_id).await? else {
-            return Ok(false);
-        };
-        if build.phase.is_final() || build.completed_ms.is_some() {
-            tracing::info!(current = %build.phase, "phase refused: the build has ended");
-            return Ok(false);
-        }
-        rec.phase_seq = Some(report.sequence_number);
-        let outcome = match report.phase {
-            Phase::Complete => Outcome::Complete {
-                digests: report.manifest_digests,
-            },
-            Phase::Error if report.retryable => Outcome::Incomplete {
-                reason: non_empty(
-                    report.error_message,
-                    "the build agent reported an infrastructure error",
-                ),
-            },
-            Phase::Error => Outcome::Failed {
-                message: non_empty(report.error_message, "the build failed"),
-            },
-            Phase::Unpacking | Phase::Pulling | Phase::Building | Phase::Pushing => {
-                if build.phase != report.phase {
-                    let (uuid, id, to) = (build.uuid.clone(), build.id, report.phase);
-                    let data = report
-                        .pull
-                        .as_ref()
-                        .map(PullInfo::to_data)
-                        .unwrap_or_default();
-                    let moved = self
-                        .builds
-                        .write(move |tx| set_phase_logged(tx, id, &uuid, None, to, None, data))
-                        .await?;
-                    if !moved {
-                        return Ok(false);
-                    }
-                    tracing::info!("phase changed");
-                }
-                let ttl = rec.remaining_ttl();
-                self.save_job(&mut rec, ttl, false).await?;
-                return Ok(true);
-            }
-            // Phases only the manager sets.
-            Phase::Waiting | Phase::BuildScheduled | Phase::InternalError | Phase::Cancelled => {
-                tracing::warn!("phase refused: not one an agent reports");
-                return Ok(false);
-            }
-        };
-        self.finish_attempt(&rec, outcome).await?;
-        Ok(true)
-    }
-
-    /// The row id of build `uuid`, for appending its log lines.
-    pub async fn build_row_id(&self, uuid: &str) -> Result<Option<i64>, ManagerError> {
-        Ok(self.build_of(uuid).await?.map(|b| b.id))
-    }
-
-    /// `LogMessage`: append one agent line to the build with row id `build_id`.
-    pub async fn append_agent_log(&self, build_id: i64, message: &str) -> Result<(), ManagerError> {
-        let message = message.to_owned();
-        self.builds
-            .write(move |tx| crate::logs::append_agent_message(tx, build_id, &message))
+        let (uuid, attempt, message) = (
+            ctx.build_id.clone(),
+            ctx.attempt_id.clone(),
+            message.to_owned(),
+        );
+        let appended = self
+            .builds
+            .write(move |tx| {
+                // Checked in the appending transaction, so no attempt can end in between.
+                let Some(row) = queue::live_attempt_row(tx, &uuid, &attempt)? else {
+                    return Ok(false);
+                };
+                crate::logs::append_agent_message(tx, row, &message)?;
+                Ok::<_, crate::db::BuildDbError>(true)
+            })
             .await?;
-        Ok(())
+        Ok(appended)
     }
 
     /// `DetermineCachedTag` (reference 4.5): the first of the build's tags already in the
@@ -262,14 +188,6 @@ impl Manager {
             })
             .await?;
         Ok(cached_tag(&build.job_config.docker_tags, &tags))
-    }
-}
-
-fn non_empty(text: String, fallback: &str) -> String {
-    if text.trim().is_empty() {
-        fallback.to_owned()
-    } else {
-        text
     }
 }
 
@@ -307,17 +225,5 @@ mod tests {
         assert_eq!(cached_tag(&want(&["nope", "latest"]), &tags), "latest");
         assert_eq!(cached_tag(&want(&["nope"]), &tags), "v2");
         assert_eq!(cached_tag(&want(&["latest"]), &[]), "");
-    }
-
-    #[test]
-    fn pull_metadata_omits_empty_fields() {
-        let info = PullInfo {
-            registry_url: "localhost:8080".into(),
-            base_image: "busybox".into(),
-            ..PullInfo::default()
-        };
-        let data = info.to_data();
-        assert_eq!(data.len(), 2);
-        assert_eq!(data["base_image"], "busybox");
     }
 }

@@ -134,6 +134,7 @@ impl Manager {
         &self,
         build: &Build,
         ctx: &BuildContext,
+        attempt_id: &str,
     ) -> Result<BuildPackSpec, ManagerError> {
         let cfg = &build.job_config;
         let source = if let Some(url) = &cfg.archive_url {
@@ -161,7 +162,7 @@ impl Manager {
         let job_token = self
             .tokens
             .mint(TokenType::Job, &who, self.settings.machine_max_time)?;
-        let (push_token, base_image) = self.mint_credentials(build).await?;
+        let (push_token, base_image) = self.mint_credentials(build, attempt_id).await?;
         Ok(BuildPackSpec {
             job_token,
             source,
@@ -177,13 +178,15 @@ impl Manager {
         })
     }
 
-    /// Create the build's scoped registry tokens (replacing those of an earlier attempt): a
-    /// write token on the build's repository owned by the user who started it, and a read-capped
-    /// token of the pull robot. Both expire with `MACHINE_MAX_TIME` and are deleted when the
-    /// attempt ends.
+    /// Create the attempt's scoped registry tokens (titled per attempt, see
+    /// [`credential_titles`]): a write token on the build's repository owned by the user or robot
+    /// who started it, and a read-capped token of the pull robot. Both expire with
+    /// `MACHINE_MAX_TIME` and are deleted when the attempt ends. Nothing is created when either
+    /// account is unusable.
     async fn mint_credentials(
         &self,
         build: &Build,
+        attempt_id: &str,
     ) -> Result<(String, Option<BaseImageCredentials>), ManagerError> {
         let uuid = build.uuid.clone();
         let user = build.manual_user.clone();
@@ -196,24 +199,44 @@ impl Manager {
                 problem: format!("repository name {:?} is invalid", build.repository),
             })?;
         let expires_at_ms = Some(now_ms() + ms(self.settings.machine_max_time));
-        let result = self
-            .registry
+        let [push_title, pull_title] = credential_titles(&uuid, attempt_id);
+        self.registry
             .db
             .write(move |tx| {
-                let [push_title, pull_title] = credential_titles(&uuid);
-                tokens::delete_by_title(tx, &push_title)?;
-                tokens::delete_by_title(tx, &pull_title)?;
                 let Some(name) = user else {
-                    return Ok(Err("it was started by no user".to_owned()));
+                    return Ok(Err(ManagerError::NoPushUser {
+                        uuid,
+                        problem: "it was started by no user".to_owned(),
+                    }));
                 };
+                // REST lets robots start builds: the push token is then the robot's, capped by
+                // the robot's own rights on the repository.
                 let owner = match accounts::find(tx, &name)? {
-                    Some(a) if a.kind == AccountKind::User && a.enabled => a,
+                    Some(a) if a.kind == AccountKind::Org => {
+                        return Ok(Err(ManagerError::NoPushUser {
+                            uuid,
+                            problem: format!("{name:?} is an organization, not a user or robot"),
+                        }));
+                    }
+                    Some(a) if a.enabled => a,
                     _ => {
-                        return Ok(Err(format!(
-                            "user {name:?} no longer exists or is disabled"
-                        )));
+                        return Ok(Err(ManagerError::NoPushUser {
+                            uuid,
+                            problem: format!("account {name:?} no longer exists or is disabled"),
+                        }));
                     }
                 };
+                let puller = match robot {
+                    None => None,
+                    Some(robot) => match accounts::find(tx, &robot)? {
+                        Some(a) if a.kind == AccountKind::Robot && a.enabled => Some(a),
+                        _ => return Ok(Err(ManagerError::NoPullRobot { uuid, robot })),
+                    },
+                };
+                // A re-run of this attempt's registration cannot happen (one-shot), but never
+                // leave two tokens under one title.
+                tokens::delete_by_title(tx, &push_title)?;
+                tokens::delete_by_title(tx, &pull_title)?;
                 let push = tokens::create_scoped(
                     tx,
                     &owner,
@@ -224,10 +247,9 @@ impl Manager {
                         expires_at_ms,
                     },
                 )?;
-                let base = match robot {
+                let base = match puller {
                     None => None,
-                    Some(robot_name) => {
-                        let robot = accounts::get_kind(tx, &robot_name, AccountKind::Robot)?;
+                    Some(robot) => {
                         let password = tokens::create_scoped(
                             tx,
                             &robot,
@@ -239,18 +261,14 @@ impl Manager {
                             },
                         )?;
                         Some(BaseImageCredentials {
-                            username: robot_name,
+                            username: robot.name,
                             password,
                         })
                     }
                 };
                 Ok::<_, registry_core::accounts::AccountError>(Ok((push, base)))
             })
-            .await?;
-        result.map_err(|problem| ManagerError::NoPushUser {
-            uuid: build.uuid.clone(),
-            problem,
-        })
+            .await?
     }
 }
 

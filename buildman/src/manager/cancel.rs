@@ -66,7 +66,12 @@ impl Manager {
                 .set_key(&cancel_key(uuid), &value, true, Some(CANCEL_KEY_TTL))
                 .await?;
         }
-        self.forget_credentials(uuid).await;
+        {
+            // Under the build's lock, so that a registration in progress has minted its
+            // tokens before they are deleted (it then finds the build cancelled).
+            let _guard = self.locks.lock(uuid).await;
+            self.forget_credentials(uuid).await;
+        }
         Ok(outcome)
     }
 

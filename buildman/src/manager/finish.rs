@@ -3,10 +3,14 @@
 
 use serde_json::Map;
 
-use super::jobs::{JobRecord, credential_titles, job_key, log_error, metric_key, set_phase_logged};
+use super::jobs::{
+    JobRecord, credential_title_build, credential_title_pattern, credential_titles, job_key,
+    log_error, metric_key, registration_lock, set_phase_logged,
+};
 use super::{LocalJob, Manager, ManagerError, error_chain, ms};
 use crate::db::BuildDbError;
 use crate::model::{self, Phase};
+use crate::orchestrator::LOCK_PREFIX;
 use crate::queue;
 
 /// How an attempt ended.
@@ -61,9 +65,12 @@ impl Manager {
     /// The orchestrator, database and credential part of [`Manager::finish_attempt`].
     async fn finish_records(&self, rec: &JobRecord, outcome: &Outcome) -> Result<(), ManagerError> {
         let uuid = rec.uuid().to_owned();
-        // Keys first: once the item is put back, a new attempt may create them again.
-        self.delete_job_key_of(rec).await?;
-        self.orchestrator.delete_key(&metric_key(&uuid)).await?;
+        // Keys first: once the item is put back, a new attempt may create them again. A stale
+        // attempt (a later one owns the job key) leaves the keys alone.
+        if self.delete_job_key_of(rec).await? {
+            self.orchestrator.delete_key(&metric_key(&uuid)).await?;
+        }
+        self.release_registration(&uuid, rec.state_id()).await;
 
         let (state_id, retry_after) = (rec.state_id().to_owned(), self.settings.retry_after);
         let db_uuid = uuid.clone();
@@ -81,29 +88,46 @@ impl Manager {
             })
             .await?;
         match &applied {
-            Some(phase) => tracing::info!(outcome = ?outcome, phase = %phase, "attempt finished"),
+            Some((phase, _)) => {
+                tracing::info!(outcome = ?outcome, phase = %phase, "attempt finished");
+            }
             None => tracing::debug!(outcome = ?outcome, "attempt already finished"),
         }
-        self.forget_credentials(&uuid).await;
+        // The attempt's own tokens go in any case; every attempt's when the build is over.
+        self.forget_attempt_credentials(&uuid, rec.state_id()).await;
+        if matches!(applied, Some((_, true))) {
+            self.forget_credentials(&uuid).await;
+        }
         Ok(())
     }
 
-    /// Delete `building/<uuid>` if it still holds the attempt of `rec` (not a later one).
-    pub(super) async fn delete_job_key_of(&self, rec: &JobRecord) -> Result<(), ManagerError> {
+    /// Delete `building/<uuid>` if it still holds the attempt of `rec` (not a later one); returns
+    /// whether `rec` was the current attempt (or no attempt holds the key any more).
+    pub(super) async fn delete_job_key_of(&self, rec: &JobRecord) -> Result<bool, ManagerError> {
         let key = job_key(rec.uuid());
         if let Some(current) = self.load_job(rec.uuid()).await.ok().flatten()
             && current.state_id() != rec.state_id()
         {
-            return Ok(());
+            return Ok(false);
         }
         self.orchestrator.delete_key(&key).await?;
-        Ok(())
+        Ok(true)
     }
 
-    /// Delete the build's scoped registry tokens (`build:<uuid>:push`/`:pull`). A failure is
-    /// logged, not returned: the tokens expire with `MACHINE_MAX_TIME` anyway.
-    pub(super) async fn forget_credentials(&self, uuid: &str) {
-        let titles = credential_titles(uuid);
+    /// Drop the one-shot registration lock of an attempt that ended (a replayed registration
+    /// token finds no running job then anyway). Best effort: the lock expires with the token.
+    async fn release_registration(&self, uuid: &str, attempt_id: &str) {
+        let key = format!("{LOCK_PREFIX}{}", registration_lock(uuid, attempt_id));
+        if let Err(e) = self.orchestrator.delete_key(&key).await {
+            tracing::warn!(build_id = %uuid, error = %error_chain(&e),
+                "failed to release the registration lock");
+        }
+    }
+
+    /// Delete the registry tokens of attempt `attempt_id` of build `uuid`. A failure is logged,
+    /// not returned: the tokens expire with `MACHINE_MAX_TIME` anyway.
+    pub(super) async fn forget_attempt_credentials(&self, uuid: &str, attempt_id: &str) {
+        let titles = credential_titles(uuid, attempt_id);
         let result = self
             .registry
             .db
@@ -116,8 +140,49 @@ impl Manager {
             .await;
         if let Err(e) = result {
             tracing::warn!(build_id = %uuid, error = %error_chain(&e),
+                "failed to delete the attempt's registry tokens");
+        }
+    }
+
+    /// Delete the registry tokens of every attempt of build `uuid` (`build:<uuid>:*`), when the
+    /// build is over or no attempt can be running. Logged, not returned, like
+    /// [`Manager::forget_attempt_credentials`].
+    pub(super) async fn forget_credentials(&self, uuid: &str) {
+        if let Err(e) = delete_build_tokens(&self.registry.db, uuid).await {
+            tracing::warn!(build_id = %uuid, error = %error_chain(&e),
                 "failed to delete the build's registry tokens");
         }
+    }
+
+    /// At startup: delete the registry tokens of builds that are over (or gone), left behind by
+    /// a manager that stopped before deleting them.
+    pub(super) async fn forget_credentials_of_ended_builds(&self) -> Result<usize, ManagerError> {
+        // registry-core has no listing of tokens by title, and buildman owns every `build:`
+        // title, so the titles are read with SQL here.
+        let titles: Vec<String> = self
+            .registry
+            .db
+            .read(|c| {
+                let mut stmt = c.prepare(
+                    "SELECT DISTINCT title FROM access_token WHERE title LIKE 'build:%'",
+                )?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                Ok::<_, registry_core::db::DbError>(rows.collect::<Result<_, _>>()?)
+            })
+            .await?;
+        let mut uuids: Vec<&str> = titles
+            .iter()
+            .filter_map(|t| credential_title_build(t))
+            .collect();
+        uuids.sort_unstable();
+        uuids.dedup();
+        let mut forgotten = 0;
+        for uuid in uuids {
+            if self.build_is_over(uuid).await? {
+                forgotten += delete_build_tokens(&self.registry.db, uuid).await?;
+            }
+        }
+        Ok(forgotten)
     }
 
     /// Stop the worker of an attempt in the background (the agent's RPC that ended the attempt
@@ -176,13 +241,30 @@ pub(super) fn stop_in_background(uuid: String, job: LocalJob) {
     });
 }
 
-/// The database part of finishing: phase, log entries, queue item. Returns the phase set.
+/// Delete every `build:<uuid>:*` token of build `uuid`; returns how many.
+async fn delete_build_tokens(
+    db: &registry_core::db::Db,
+    uuid: &str,
+) -> Result<usize, registry_core::db::DbError> {
+    let pattern = credential_title_pattern(uuid);
+    db.write(move |tx| {
+        // registry-core deletes by exact title only; a pattern reaches every attempt's tokens.
+        Ok(tx.execute(
+            "DELETE FROM access_token WHERE title LIKE ?1 ESCAPE '\\'",
+            [&pattern],
+        )?)
+    })
+    .await
+}
+
+/// The database part of finishing: phase, log entries, queue item. Returns the phase set and
+/// whether the build is over (no further attempt).
 fn apply(
     tx: &rusqlite::Connection,
     build: &model::Build,
     outcome: &Outcome,
     retry_after_ms: i64,
-) -> Result<Phase, BuildDbError> {
+) -> Result<(Phase, bool), BuildDbError> {
     let uuid = build.uuid.as_str();
     match outcome {
         Outcome::Complete { digests } => {
@@ -190,7 +272,7 @@ fn apply(
             model::set_manifest_digests(tx, uuid, digests)?;
             model::clear_error(tx, uuid)?;
             queue::complete(tx, uuid)?;
-            Ok(Phase::Complete)
+            Ok((Phase::Complete, true))
         }
         Outcome::Failed { message } => {
             log_error(tx, build.id, message)?;
@@ -204,7 +286,7 @@ fn apply(
                 Map::new(),
             )?;
             queue::complete(tx, uuid)?;
-            Ok(Phase::Error)
+            Ok((Phase::Error, true))
         }
         Outcome::Incomplete { reason } => {
             let left = queue::retries_remaining(tx, uuid)?.unwrap_or(0);
@@ -226,6 +308,7 @@ fn apply(
                     Map::new(),
                 )?;
                 queue::incomplete(tx, uuid, retry_after_ms, false)?;
+                Ok((Phase::InternalError, false))
             } else {
                 close(
                     tx,
@@ -235,10 +318,10 @@ fn apply(
                         if attempts == 1 { "" } else { "s" }
                     ),
                 )?;
+                Ok((Phase::InternalError, true))
             }
-            Ok(Phase::InternalError)
         }
-        Outcome::Cancelled => Ok(Phase::Cancelled),
+        Outcome::Cancelled => Ok((Phase::Cancelled, true)),
     }
 }
 

@@ -31,9 +31,46 @@ pub(super) fn cancel_key(uuid: &str) -> String {
     format!("cancel/{uuid}")
 }
 
-/// Token titles of a build's registry credentials (deleted when an attempt ends).
-pub(super) fn credential_titles(uuid: &str) -> [String; 2] {
-    [format!("build:{uuid}:push"), format!("build:{uuid}:pull")]
+/// Key marking the end of an attempt that an agent's `SetPhase` finished: lets a resend of that
+/// call (the agent's retry after a lost answer) be told `success` again.
+pub(super) fn finished_key(uuid: &str) -> String {
+    format!("finished/{uuid}")
+}
+
+/// Name of the orchestrator lock that makes an attempt's registration one-shot.
+pub(super) fn registration_lock(uuid: &str, attempt_id: &str) -> String {
+    format!("registration/{uuid}/{attempt_id}")
+}
+
+/// Token titles of the registry credentials of attempt `attempt_id` (its queue claim id) of build
+/// `uuid`: `build:<uuid>:<attempt>:push|pull`. Per attempt, so that the end of a stale attempt
+/// deletes its own tokens and never those of the attempt running now.
+pub(super) fn credential_titles(uuid: &str, attempt_id: &str) -> [String; 2] {
+    [
+        format!("build:{uuid}:{attempt_id}:push"),
+        format!("build:{uuid}:{attempt_id}:pull"),
+    ]
+}
+
+/// SQL `LIKE` pattern (with `ESCAPE '\'`) matching the titles of every attempt's credentials of
+/// build `uuid` (and those of the one-title-per-build format before attempt ids).
+pub(super) fn credential_title_pattern(uuid: &str) -> String {
+    let mut escaped = String::with_capacity(uuid.len());
+    for c in uuid.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    format!("build:{escaped}:%")
+}
+
+/// The build uuid in a credential title `build:<uuid>:...`.
+pub(super) fn credential_title_build(title: &str) -> Option<&str> {
+    let rest = title.strip_prefix("build:")?;
+    rest.split_once(':')
+        .map(|(uuid, _)| uuid)
+        .filter(|u| !u.is_empty())
 }
 
 /// The claimed queue item, as Quay's job record carries it (`job_queue_item`).
@@ -73,6 +110,9 @@ pub(super) struct JobRecord {
     /// Ours: the last accepted `SetPhase` sequence number of this attempt.
     #[serde(default)]
     pub(super) phase_seq: Option<i32>,
+    /// Ours: the phase accepted with `phase_seq` (a resend of that call succeeds again).
+    #[serde(default)]
+    pub(super) last_phase: Option<Phase>,
     /// Ours: when the key's current TTL ends, Unix ms (kept when the record is rewritten).
     #[serde(default)]
     pub(super) expires_at_ms: i64,
@@ -101,6 +141,7 @@ impl JobRecord {
             registered: false,
             last_heartbeat_ms: None,
             phase_seq: None,
+            last_phase: None,
             expires_at_ms: 0,
             claim_expires_ms: now + ms(claim),
         }
@@ -243,6 +284,21 @@ mod tests {
         let old = JobRecord::parse("b", &minimal.to_string()).unwrap();
         assert!(!old.registered && old.phase_seq.is_none());
         assert!(JobRecord::parse("b", "nope").is_err());
+    }
+
+    #[test]
+    fn credential_titles_are_per_attempt_and_the_pattern_matches_every_attempt() {
+        let [push, pull] = credential_titles("b-1", "claim-9");
+        assert_eq!(
+            (push.as_str(), pull.as_str()),
+            ("build:b-1:claim-9:push", "build:b-1:claim-9:pull")
+        );
+        assert_eq!(credential_title_pattern("b-1"), "build:b-1:%");
+        assert_eq!(credential_title_pattern("a_%"), "build:a\\_\\%:%");
+        assert_eq!(credential_title_build(&push), Some("b-1"));
+        assert_eq!(credential_title_build("build:b-1:push"), Some("b-1"));
+        assert_eq!(credential_title_build("build::x"), None);
+        assert_eq!(credential_title_build("ci token"), None);
     }
 
     #[test]

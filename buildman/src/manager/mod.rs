@@ -3,7 +3,8 @@
 //!
 //! Quay's `EphemeralBuilderManager` (reference 2.4) with its bugs fixed (2.9):
 //! - capacity is checked *before* a queue item is claimed, so waiting for a worker never uses a
-//!   retry, and an attempt no executor could start gives its retry back;
+//!   retry; an attempt no executor could start is used up, and the last one closes the build
+//!   with the reason instead of looping on it;
 //! - the scheduler wakes on `Manager::wake`, when a job ends and on a short tick computed from
 //!   the queue, instead of sleeping 10 s between jobs;
 //! - an agent's user error (`SetPhase(ERROR)`, not retryable) ends the build as `error` with the
@@ -22,8 +23,10 @@ mod buildpack;
 mod cancel;
 mod finish;
 mod jobs;
+mod phase;
 mod recovery;
 mod scheduler;
+mod settings;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -34,10 +37,11 @@ use registry_core::db::Db;
 use registry_core::state::AppState;
 use tokio::sync::{Notify, watch};
 
-pub use self::agent::{PhaseReport, PullInfo};
 pub use self::buildpack::{
     BaseImageCredentials, BuildPackSpec, PackSource, extract_dockerfile_args,
 };
+pub use self::phase::{PhaseReport, PullInfo};
+pub use self::settings::ManagerSettings;
 use crate::db::BuildDbError;
 use crate::executor::Executor;
 use crate::orchestrator::{Orchestrator, OrchestratorError};
@@ -49,95 +53,10 @@ pub type PackageUrlFn = Arc<
     dyn Fn(&str, Duration) -> Result<String, registry_core::auth::token::TokenError> + Send + Sync,
 >;
 
-/// The manager's timers and identity, in plain types (the lead maps the configuration to it).
-#[derive(Clone, Debug)]
-pub struct ManagerSettings {
-    /// Audience of build tokens: `BUILDMAN_HOSTNAME`, else `SERVER_HOSTNAME`.
-    pub manager_hostname: String,
-    /// `SERVER_HOSTNAME` (with port): the registry agents push to.
-    pub registry_hostname: String,
-    /// `host:port` of the gRPC service, as agents dial it.
-    pub grpc_server: String,
-    /// Plaintext gRPC and registry for agents (Quay's `INSECURE`).
-    pub insecure: bool,
-    /// `ORCHESTRATOR_PREFIX`, normalised to end with `/` (or empty); part of tokens' `job_id`.
-    pub orchestrator_prefix: String,
-    /// `JOB_REGISTRATION_TIMEOUT` (Quay: 30 s): an agent must register this soon after start.
-    pub registration_timeout: Duration,
-    /// `MACHINE_MAX_TIME` (Quay: 7200 s): cap on one attempt, and the job token's lifetime.
-    pub machine_max_time: Duration,
-    /// `ALLOWED_WORKER_COUNT`: workers running at once, summed over executors.
-    pub allowed_worker_count: usize,
-    /// `ORDERED_BUILDS_PER_REPO`: one build per repository at a time, in order.
-    pub ordered_builds_per_repo: bool,
-    /// `RETRY_AFTER_S` (Quay: 30 s): delay before a failed attempt is retried.
-    pub retry_after: Duration,
-    /// TTL of the job key set by each heartbeat (Quay: 2 x 30 s).
-    pub heartbeat_ttl: Duration,
-    /// A heartbeat later than this after the previous one fails the attempt (Quay: 60 s).
-    pub heartbeat_delta: Duration,
-    /// Queue claim kept this far ahead by heartbeats (Quay's `JOB_TIMEOUT_SECONDS`: 300 s).
-    pub job_timeout: Duration,
-    /// The claim is only rewritten when it moves by more than this (Quay: 60 s).
-    pub minimum_job_extension: Duration,
-    /// How often the sweeper runs (orchestrator sweep and stuck-build recovery).
-    pub sweep_interval: Duration,
-    /// Longest scheduler sleep without a wake-up.
-    pub max_tick: Duration,
-    /// Lifetime of the signed download URL of an uploaded package.
-    pub package_url_ttl: Duration,
-}
-
-impl ManagerSettings {
-    /// Quay's defaults for a manager reached at `manager_hostname`, pushing to
-    /// `registry_hostname`, with agents dialling `grpc_server`.
-    pub fn new(manager_hostname: &str, registry_hostname: &str, grpc_server: &str) -> Self {
-        ManagerSettings {
-            manager_hostname: manager_hostname.to_owned(),
-            registry_hostname: registry_hostname.to_owned(),
-            grpc_server: grpc_server.to_owned(),
-            insecure: true,
-            orchestrator_prefix: String::new(),
-            registration_timeout: Duration::from_secs(30),
-            machine_max_time: Duration::from_secs(7200),
-            allowed_worker_count: 1,
-            ordered_builds_per_repo: true,
-            retry_after: Duration::from_secs(30),
-            heartbeat_ttl: Duration::from_secs(60),
-            heartbeat_delta: Duration::from_secs(60),
-            job_timeout: Duration::from_secs(300),
-            minimum_job_extension: Duration::from_secs(60),
-            sweep_interval: Duration::from_secs(5),
-            max_tick: Duration::from_secs(5),
-            package_url_ttl: Duration::from_secs(3600),
-        }
-    }
-}
-
-impl ManagerSettings {
-    /// The settings of `config`, with agents dialling the gRPC service bound at `grpc_addr`
-    /// (an unspecified address is dialled on loopback: popen agents run on this machine).
-    pub fn from_config(config: &crate::config::Config, grpc_addr: std::net::SocketAddr) -> Self {
-        let mut dial = grpc_addr;
-        if dial.ip().is_unspecified() {
-            dial.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        ManagerSettings {
-            orchestrator_prefix: config.orchestrator_prefix().to_owned(),
-            registration_timeout: config.registration_timeout(),
-            machine_max_time: config.machine_max_time(),
-            allowed_worker_count: config.allowed_worker_count(),
-            ordered_builds_per_repo: config.ordered_builds_per_repo(),
-            retry_after: config.retry_after(),
-            package_url_ttl: config.machine_max_time(),
-            ..ManagerSettings::new(
-                &config.manager_hostname(),
-                &config.registry.server_hostname,
-                &dial.to_string(),
-            )
-        }
-    }
-}
+/// First pause before startup recovery is tried again; it doubles up to the maximum.
+const RECOVERY_BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// Longest pause between startup recovery attempts.
+const RECOVERY_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// What [`Manager::new`] is built from.
 pub struct ManagerParts {
@@ -204,6 +123,21 @@ pub enum ManagerError {
         /// What is wrong.
         problem: String,
     },
+    /// The pull robot of the build is gone or disabled.
+    #[error(
+        "build {uuid} cannot pull its base image: pull robot {robot:?} no longer exists or is disabled"
+    )]
+    NoPullRobot {
+        /// The build.
+        uuid: String,
+        /// The robot's name.
+        robot: String,
+    },
+    /// A second `RegisterBuildJob` with an attempt's registration token (a replay).
+    #[error(
+        "build {0}: this attempt's worker has registered already; a registration token works once"
+    )]
+    AlreadyRegistered(String),
     /// The job record in the orchestrator does not parse.
     #[error("job record of build {uuid} is not valid JSON")]
     JobRecord {
@@ -213,6 +147,21 @@ pub enum ManagerError {
         #[source]
         source: serde_json::Error,
     },
+}
+
+impl ManagerError {
+    /// Whether the build itself is at fault (nothing to build from, no account to push or pull
+    /// as, an upload whose download URL cannot be signed): retrying cannot help, so the build
+    /// ends as `error` with this message.
+    pub fn is_build_fault(&self) -> bool {
+        matches!(
+            self,
+            ManagerError::NoSource(_)
+                | ManagerError::NoPushUser { .. }
+                | ManagerError::NoPullRobot { .. }
+                | ManagerError::PackageUrl(_)
+        )
+    }
 }
 
 /// A worker this manager started, so that it can stop it.
@@ -275,15 +224,34 @@ impl Manager {
     /// Run the scheduler, the orchestrator event listener and the sweeper until `shutdown`
     /// resolves, then stop every worker this manager started.
     ///
-    /// Recovery of builds left running by a previous process runs first; its failure is the
-    /// only error returned (the loops log their own errors and carry on).
+    /// Recovery of builds left running by a previous process runs first, retried with backoff
+    /// until it succeeds (a database or orchestrator outage at startup must not leave the
+    /// server up without a scheduler). Never fails: every loop logs its own errors and carries
+    /// on; the `Result` is kept for callers.
     pub async fn run<F>(self: &Arc<Self>, shutdown: F) -> Result<(), ManagerError>
     where
         F: Future<Output = ()> + Send,
     {
+        let mut shutdown = std::pin::pin!(shutdown);
         // Subscribe before recovering, so that no event between the two is missed.
         let events = self.orchestrator.subscribe();
-        self.recover_at_startup().await?;
+        let mut backoff = RECOVERY_BACKOFF_MIN;
+        loop {
+            match self.recover_at_startup().await {
+                Ok(()) => break,
+                Err(e) => tracing::error!(error = %error_chain(&e), retry_in = ?backoff,
+                    "startup recovery failed; no build is scheduled until it succeeds"),
+            }
+            tokio::select! {
+                () = &mut shutdown => {
+                    tracing::info!("build manager stopping before startup recovery finished");
+                    self.stop_all_workers().await;
+                    return Ok(());
+                }
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(RECOVERY_BACKOFF_MAX);
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let tasks = [
             tokio::spawn(Arc::clone(self).scheduler_loop(stop_rx.clone())),
@@ -299,13 +267,17 @@ impl Manager {
                 tracing::error!(error = %e, "build manager task panicked");
             }
         }
+        self.stop_all_workers().await;
+        Ok(())
+    }
+
+    async fn stop_all_workers(&self) {
         for executor in &self.executors {
             if let Err(e) = executor.shutdown_all().await {
                 tracing::error!(executor = executor.name(), error = %error_chain(&e),
                     "failed to stop the executor's workers");
             }
         }
-        Ok(())
     }
 
     /// Verify a build token of type `ty` and that its `job_id` names its build.

@@ -242,8 +242,9 @@ impl Manager {
     }
 
     /// At startup: builds left running by a previous manager whose job is gone are failed as
-    /// expired (retried or closed) at once, and items claimed but never started are released
-    /// with their retry.
+    /// expired (retried or closed) at once, items claimed but never started are released with
+    /// their retry, and the registry tokens of builds that are over are deleted. Idempotent, so
+    /// [`Manager::run`] retries it whole after a failure.
     pub(super) async fn recover_at_startup(&self) -> Result<(), ManagerError> {
         let _ = self.orchestrator.sweep().await.map_err(|e| {
             tracing::warn!(error = %error_chain(&e), "orchestrator sweep failed at startup");
@@ -272,6 +273,13 @@ impl Manager {
                 tracing::info!(build_id = %uuid,
                     "released a claim the previous manager never used");
             }
+        }
+        let forgotten = self.forget_credentials_of_ended_builds().await?;
+        if forgotten > 0 {
+            tracing::info!(
+                tokens = forgotten,
+                "deleted registry tokens of ended builds"
+            );
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ use serde_json::Map;
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
-use super::finish::stop_in_background;
+use super::finish::{close, stop_in_background};
 use super::jobs::{self, JobRecord, job_key, metric_key, set_phase_logged};
 use super::{LocalJob, Manager, ManagerError, error_chain, ms};
 use crate::executor::{self, StartJob};
@@ -196,19 +196,15 @@ impl Manager {
         let Some((executor, execution_id)) = started else {
             let reason = if candidates.is_empty() {
                 format!(
-                    "no executor may run builds of namespace {:?} with {} retries left \
-                     (check NAMESPACE_WHITELIST, STAGED_ROLLOUT and MINIMUM_RETRY_THRESHOLD)",
+                    "none is eligible for namespace {:?} with {} retries left (check \
+                     NAMESPACE_WHITELIST, STAGED_ROLLOUT and MINIMUM_RETRY_THRESHOLD)",
                     build.namespace(),
                     item.retries_remaining
                 )
             } else {
-                format!(
-                    "no executor could start the build ({})",
-                    failures.join("; ")
-                )
+                format!("every eligible executor failed ({})", failures.join("; "))
             };
-            self.unschedulable(&build, &reason).await?;
-            return Ok(Step::Blocked);
+            return self.unschedulable(&item, &reason).await;
         };
 
         match self
@@ -326,24 +322,50 @@ impl Manager {
         Ok(())
     }
 
-    /// No executor could run the attempt: drop the job, give the retry back, and say why in the
-    /// build's log (Quay crashed here: 2.9.1).
-    async fn unschedulable(&self, build: &Build, reason: &str) -> Result<(), ManagerError> {
-        tracing::warn!(reason, "build could not be scheduled");
-        self.orchestrator.delete_key(&job_key(&build.uuid)).await?;
-        let (uuid, build_id) = (build.uuid.clone(), build.id);
+    /// No executor could run the attempt: drop the job; the attempt is used up (its claim took
+    /// the retry), and the log says why. With retries left the build waits `RETRY_AFTER_S` for
+    /// the next attempt; after the last one it closes as `internalerror` with the reason, so a
+    /// build nothing can run never blocks its repository's later builds. Only a full worker
+    /// pool (checked before claiming) and orchestrator hiccups (`put_back`) give a retry back.
+    async fn unschedulable(&self, item: &QueueItem, reason: &str) -> Result<Step, ManagerError> {
+        tracing::warn!(reason, "no executor could start the build");
+        let uuid = item.build_uuid.clone();
+        self.orchestrator.delete_key(&job_key(&uuid)).await?;
+        let reason = format!("no executor could start this build: {reason}");
+        let (state_id, left) = (item.state_id.clone(), item.retries_remaining);
         let after = ms(self.settings.retry_after);
-        let message = format!(
-            "{reason}; retrying in {} s",
-            self.settings.retry_after.as_secs()
-        );
-        self.builds
+        let closed = self
+            .builds
             .write(move |tx| {
-                queue::incomplete(tx, &uuid, after, true)?;
-                jobs::log_error(tx, build_id, &message)
+                if !queue::is_current_claim(tx, &uuid, &state_id)? {
+                    // Cancelled (or otherwise ended) meanwhile.
+                    return Ok(false);
+                }
+                let Some(build) = model::get(tx, &uuid)? else {
+                    return Ok(false);
+                };
+                let attempt = model::start_attempt(tx, &uuid)?;
+                if left == 0 {
+                    close(tx, &build, &reason)?;
+                    return Ok(true);
+                }
+                let message = format!(
+                    "attempt {attempt} failed: {reason}; retrying in {} s ({left} attempt{} left)",
+                    after / 1000,
+                    if left == 1 { "" } else { "s" }
+                );
+                jobs::log_error(tx, build.id, &message)?;
+                queue::incomplete(tx, &uuid, after, false)?;
+                Ok::<_, crate::db::BuildDbError>(false)
             })
             .await?;
-        Ok(())
+        if closed {
+            tracing::warn!("build closed: no executor could start its last attempt");
+            self.forget_credentials(&item.build_uuid).await;
+            // Its item is gone: the repository's next build may start now.
+            return Ok(Step::Progress);
+        }
+        Ok(Step::Blocked)
     }
 
     /// Whether build `uuid` reached a final phase (or was closed).

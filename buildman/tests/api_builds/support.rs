@@ -127,6 +127,7 @@ impl Fixture {
             max_upload_bytes: CAP,
             public_base_url: format!("{BASE}/"),
             reader_build_logs: false,
+            allow_local_git_sources: true,
         };
         tweak(&mut settings);
         let state = ApiState {

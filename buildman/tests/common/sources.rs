@@ -221,3 +221,100 @@ pub fn processes_mentioning(needle: &str) -> Vec<i32> {
     }
     out
 }
+
+/// Every process tied to `needle`, a build uuid or the execution id `<uuid>-<n>` of one attempt,
+/// the way buildman's executor ties them, by the work directory's name in a path: its agents
+/// (`BUILD_UUID=<needle>` in the environment, so only for a uuid), any process whose command line
+/// names it (a podman service of its work dir), whose root or working directory is under such a
+/// path (chrooted RUN steps) or whose root mount is (runc RUN steps in their own mount
+/// namespace), and their descendants. Each with what tied it; this test process is left out.
+pub fn processes_of(needle: &str) -> Vec<(i32, &'static str)> {
+    let me = i32::try_from(std::process::id()).unwrap();
+    let env_needle = format!("BUILD_UUID={needle}");
+    let mut parents = Vec::new();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let dir = entry.path();
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+            continue;
+        };
+        let after = &stat[stat.rfind(')').unwrap_or(0) + 1..];
+        let mut fields = after.split_whitespace();
+        if pid == me || fields.next() == Some("Z") {
+            continue;
+        }
+        let ppid: i32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        parents.push((pid, ppid));
+        let read = |name: &str| std::fs::read(dir.join(name)).unwrap_or_default();
+        let link = |name: &str| {
+            std::fs::read_link(dir.join(name)).is_ok_and(|p| p.to_string_lossy().contains(needle))
+        };
+        let root_mount = String::from_utf8_lossy(&read("mountinfo"))
+            .lines()
+            .rev()
+            .find(|l| l.split(' ').nth(4) == Some("/"))
+            .is_some_and(|l| l.contains(needle));
+        let why = if read("environ")
+            .split(|b| *b == 0)
+            .any(|kv| kv == env_needle.as_bytes())
+        {
+            "agent"
+        } else if String::from_utf8_lossy(&read("cmdline")).contains(needle) {
+            "command line"
+        } else if link("root") || link("cwd") {
+            "root or cwd"
+        } else if root_mount {
+            "root mount"
+        } else {
+            continue;
+        };
+        out.push((pid, why));
+    }
+    loop {
+        let before = out.len();
+        for (pid, ppid) in &parents {
+            if out.iter().any(|(p, _)| p == ppid) && !out.iter().any(|(p, _)| p == pid) {
+                out.push((*pid, "descendant"));
+            }
+        }
+        if out.len() == before {
+            return out;
+        }
+    }
+}
+
+/// Wait until no process of build `build_uuid` ([`processes_of`]) is left; fail after 20 s,
+/// naming them.
+pub async fn nothing_left(build_uuid: &str) {
+    nothing_left_within(build_uuid, std::time::Duration::from_secs(20)).await;
+}
+
+/// [`nothing_left`] for a build uuid or an execution id, failing after `limit`.
+pub async fn nothing_left_within(needle: &str, limit: std::time::Duration) {
+    let end = std::time::Instant::now() + limit;
+    loop {
+        let left = processes_of(needle);
+        if left.is_empty() {
+            return;
+        }
+        let described: Vec<String> = left
+            .iter()
+            .map(|(pid, why)| {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                format!(
+                    "{pid} ({why}): {}",
+                    String::from_utf8_lossy(&cmd).replace('\0', " ")
+                )
+            })
+            .collect();
+        assert!(
+            std::time::Instant::now() < end,
+            "{needle} left processes:\n{}",
+            described.join("\n")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use buildman::executor::StartJob;
 use buildman_proto::{
     BuildJobArgs, BuildManagerClient, BuildPack, HeartbeatRequest, LogMessageRequest,
-    SetPhaseRequest, SetPhaseResponse,
+    LogMessageResponse, SetPhaseRequest, SetPhaseResponse,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -122,6 +122,11 @@ impl FakeAgent {
 
     /// Send one log line on the agent's log stream; returns `success`.
     pub async fn log(&mut self, line: &str) -> bool {
+        self.log_reply(line).await.expect("log stream open").success
+    }
+
+    /// Send one log line; the reply, or `None` when the server has ended the stream.
+    pub async fn log_reply(&mut self, line: &str) -> Option<LogMessageResponse> {
         if self.logs.is_none() {
             let (tx, rx) = mpsc::channel(4);
             let replies = self
@@ -141,8 +146,8 @@ impl FakeAgent {
             phase: String::new(),
         })
         .await
-        .unwrap();
-        replies.message().await.unwrap().unwrap().success
+        .ok()?;
+        replies.message().await.ok().flatten()
     }
 }
 

@@ -32,7 +32,11 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 mod agent;
+mod executor;
+mod orchestrator;
 pub use agent::{FakeAgent, completing_agent, registering_agent};
+pub use executor::{AgentScript, FakeExecutor, script, silent};
+pub use orchestrator::ChaosOrchestrator;
 
 pub const REPO: &str = "alice/app";
 pub const OTHER_REPO: &str = "alice/other";
@@ -57,139 +61,6 @@ where
     }
 }
 
-/// What a fake executor's worker does once started.
-pub type AgentScript =
-    Arc<dyn Fn(StartJob, SocketAddr) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
-
-/// A script whose agent never registers (it just runs until stopped).
-pub fn silent() -> AgentScript {
-    Arc::new(|_, _| Box::pin(std::future::pending()))
-}
-
-/// Wrap an async closure as an [`AgentScript`].
-pub fn script<F, Fut>(f: F) -> AgentScript
-where
-    F: Fn(StartJob, SocketAddr) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    Arc::new(move |job, addr| Box::pin(f(job, addr)))
-}
-
-/// An executor that records its calls and runs an [`AgentScript`] task per worker.
-pub struct FakeExecutor {
-    name: String,
-    threshold: u32,
-    pub fail_start: AtomicBool,
-    script: Mutex<AgentScript>,
-    addr: Mutex<Option<SocketAddr>>,
-    pub starts: Mutex<Vec<StartJob>>,
-    pub stops: Mutex<Vec<(String, Instant)>>,
-    workers: Mutex<HashMap<String, JoinHandle<()>>>,
-    counter: AtomicU32,
-}
-
-impl std::fmt::Debug for FakeExecutor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FakeExecutor")
-            .field("name", &self.name)
-            .finish()
-    }
-}
-
-impl FakeExecutor {
-    pub fn new(name: &str, threshold: u32, script: AgentScript) -> Arc<FakeExecutor> {
-        Arc::new(FakeExecutor {
-            name: name.to_owned(),
-            threshold,
-            fail_start: AtomicBool::new(false),
-            script: Mutex::new(script),
-            addr: Mutex::new(None),
-            starts: Mutex::new(Vec::new()),
-            stops: Mutex::new(Vec::new()),
-            workers: Mutex::new(HashMap::new()),
-            counter: AtomicU32::new(0),
-        })
-    }
-
-    pub fn set_script(&self, script: AgentScript) {
-        *self.script.lock().unwrap() = script;
-    }
-
-    pub fn start_count(&self) -> usize {
-        self.starts.lock().unwrap().len()
-    }
-
-    pub fn stop_count(&self) -> usize {
-        self.stops.lock().unwrap().len()
-    }
-
-    /// Start jobs, in order.
-    pub fn started_builds(&self) -> Vec<String> {
-        self.starts
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|j| j.build_uuid.clone())
-            .collect()
-    }
-}
-
-#[async_trait::async_trait]
-impl Executor for FakeExecutor {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn setup_time(&self) -> Duration {
-        Duration::from_secs(5)
-    }
-    fn minimum_retry_threshold(&self) -> u32 {
-        self.threshold
-    }
-    fn allowed_for_namespace(&self, _: &str) -> bool {
-        true
-    }
-    async fn start_builder(&self, job: &StartJob) -> Result<String, ExecutorError> {
-        if self.fail_start.load(Ordering::SeqCst) {
-            return Err(ExecutorError::MissingBinary {
-                path: format!("/nonexistent/{}", self.name).into(),
-            });
-        }
-        self.starts.lock().unwrap().push(job.clone());
-        let n = self.counter.fetch_add(1, Ordering::SeqCst);
-        let id = format!("{}-{n}", job.build_uuid);
-        let addr = self.addr.lock().unwrap().expect("grpc address set");
-        let script = Arc::clone(&*self.script.lock().unwrap());
-        let task = tokio::spawn(script(job.clone(), addr));
-        self.workers.lock().unwrap().insert(id.clone(), task);
-        Ok(id)
-    }
-    async fn stop_builder(&self, execution_id: &str) -> Result<(), ExecutorError> {
-        self.stops
-            .lock()
-            .unwrap()
-            .push((execution_id.to_owned(), Instant::now()));
-        if let Some(task) = self.workers.lock().unwrap().remove(execution_id) {
-            task.abort();
-        }
-        Ok(())
-    }
-    async fn running_builders_count(&self) -> Result<usize, ExecutorError> {
-        Ok(self
-            .workers
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|t| !t.is_finished())
-            .count())
-    }
-    async fn shutdown_all(&self) -> Result<(), ExecutorError> {
-        for (_, task) in self.workers.lock().unwrap().drain() {
-            task.abort();
-        }
-        Ok(())
-    }
-}
-
 /// Settings with short timers, for tests.
 pub fn fast_settings() -> ManagerSettings {
     ManagerSettings {
@@ -211,6 +82,8 @@ pub struct Harness {
     pub registry: AppState,
     pub builds: Db,
     pub orchestrator: Arc<dyn Orchestrator>,
+    /// The same orchestrator, with its outage switch and event injection.
+    pub chaos: Arc<ChaosOrchestrator>,
     pub manager: Arc<Manager>,
     pub executors: Vec<Arc<FakeExecutor>>,
     pub addr: SocketAddr,
@@ -253,12 +126,13 @@ impl Harness {
             .await
             .unwrap();
         let builds = buildman::db::open(dir.path()).unwrap();
-        let orchestrator: Arc<dyn Orchestrator> = Arc::new(MemoryOrchestrator::new());
+        let chaos = ChaosOrchestrator::new();
+        let orchestrator: Arc<dyn Orchestrator> = chaos.clone();
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         for e in &executors {
-            *e.addr.lock().unwrap() = Some(addr);
+            e.set_addr(addr);
         }
         let manager = Manager::new(ManagerParts {
             settings: ManagerSettings {
@@ -287,6 +161,7 @@ impl Harness {
             registry,
             builds,
             orchestrator,
+            chaos,
             manager,
             executors,
             addr,
@@ -309,6 +184,11 @@ impl Harness {
                 .unwrap();
         }));
         self.stop = Some(tx);
+    }
+
+    /// Whether the manager's `run` is still going (it must not return before shutdown).
+    pub fn is_running(&self) -> bool {
+        self.run.as_ref().is_some_and(|r| !r.is_finished())
     }
 
     /// Stop the loops and the server; returns the data dir for a restart.
@@ -406,6 +286,32 @@ impl Harness {
             .filter(|(k, _)| k.as_deref() == Some("phase"))
             .map(|(_, m)| m)
             .collect()
+    }
+
+    /// Titles of the registry tokens of build `uuid` (`build:<uuid>:...`), sorted.
+    pub async fn token_titles(&self, uuid: &str) -> Vec<String> {
+        let pattern = format!("build:{uuid}:%");
+        self.registry
+            .db
+            .read(move |c| {
+                let mut stmt =
+                    c.prepare("SELECT title FROM access_token WHERE title LIKE ?1 ORDER BY title")?;
+                let rows = stmt.query_map([&pattern], |r| r.get(0))?;
+                Ok::<_, registry_core::db::DbError>(rows.collect::<Result<Vec<String>, _>>()?)
+            })
+            .await
+            .unwrap()
+    }
+
+    /// Whether `token` is a live registry token.
+    pub async fn token_valid(&self, token: &str) -> bool {
+        let token = token.to_owned();
+        self.registry
+            .db
+            .read(move |c| registry_core::accounts::tokens::check(c, &token))
+            .await
+            .unwrap()
+            .is_some()
     }
 
     pub async fn retries(&self, uuid: &str) -> Option<u32> {
