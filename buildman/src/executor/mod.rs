@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use sha2::Digest as _;
 
+mod mountinfo;
 mod orphans;
 pub mod popen;
 mod process;

@@ -18,6 +18,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
+use super::mountinfo::{self, FsPath};
 use super::process::{self, ProcStat};
 
 /// One process, named by pid and start time (a pid alone may be reused).
@@ -45,21 +46,6 @@ pub(super) struct Trace {
     service: Option<Recorded>,
 }
 
-/// A directory as `major:minor` of its filesystem and its path from that filesystem's root.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct FsPath {
-    dev: String,
-    path: PathBuf,
-}
-
-/// The fields of one `/proc/<pid>/mountinfo` line that we use.
-#[derive(Debug, PartialEq, Eq)]
-struct Mount {
-    dev: String,
-    root: PathBuf,
-    mount_point: PathBuf,
-}
-
 impl Trace {
     /// The processes of build `build_uuid` working in `work_dir`; `extra_roots` are directories
     /// outside it that only this build uses (the podman run root in `/tmp`). `/` and relative
@@ -83,7 +69,7 @@ impl Trace {
         let own_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let fs_roots = roots
             .iter()
-            .filter_map(|r| fs_path(r, &own_mounts))
+            .filter_map(|r| mountinfo::fs_path(r, &own_mounts))
             .collect();
         Trace {
             build_uuid: build_uuid.to_owned(),
@@ -212,7 +198,7 @@ impl Trace {
         let Some((line, root)) = mountinfo
             .lines()
             .rev()
-            .filter_map(|l| Some((l, parse_mount(l)?)))
+            .filter_map(|l| Some((l, mountinfo::parse_mount(l)?)))
             .find(|(_, m)| m.mount_point == Path::new("/"))
         else {
             return false;
@@ -279,61 +265,6 @@ fn group_is_recorded_one(g: Recorded, procs: &[(i32, ProcStat)]) -> bool {
             .is_none_or(|(_, st)| g.start_time == 0 || st.start_time == g.start_time)
 }
 
-/// `path` as its filesystem and the path from that filesystem's root, from our `mountinfo`: the
-/// longest mount point holding it (the last one listed, on a stacked mount point).
-fn fs_path(path: &Path, own_mountinfo: &str) -> Option<FsPath> {
-    let mount = own_mountinfo
-        .lines()
-        .filter_map(parse_mount)
-        .filter(|m| path.starts_with(&m.mount_point))
-        .fold(None::<Mount>, |best, m| match best {
-            Some(b) if b.mount_point.as_os_str().len() > m.mount_point.as_os_str().len() => Some(b),
-            _ => Some(m),
-        })?;
-    let rest = path.strip_prefix(&mount.mount_point).ok()?;
-    Some(FsPath {
-        dev: mount.dev,
-        path: mount.root.join(rest),
-    })
-}
-
-/// `id parent major:minor root mount-point options...`; paths escape space, tab, newline and
-/// backslash as `\ooo`.
-fn parse_mount(line: &str) -> Option<Mount> {
-    let mut fields = line.split(' ');
-    let dev = fields.nth(2)?.to_owned();
-    let root = unescape(fields.next()?);
-    let mount_point = unescape(fields.next()?);
-    Some(Mount {
-        dev,
-        root,
-        mount_point,
-    })
-}
-
-fn unescape(field: &str) -> PathBuf {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)))
-            .and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
-        match octal {
-            Some(b) => {
-                out.push(b);
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    PathBuf::from(OsStr::from_bytes(&out))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,32 +320,6 @@ mod tests {
             &[PathBuf::from("/"), PathBuf::from("tmp/x")],
         );
         assert_eq!(t.roots, [PathBuf::from("/w/b1-1")]);
-    }
-
-    #[test]
-    fn mountinfo_lines_parse_with_escapes() {
-        let line = "85 64 254:0 /tmp/my\\040dir/rootfs / rw,relatime - ext4 /dev/vda rw";
-        assert_eq!(
-            parse_mount(line),
-            Some(Mount {
-                dev: "254:0".into(),
-                root: PathBuf::from("/tmp/my dir/rootfs"),
-                mount_point: PathBuf::from("/"),
-            })
-        );
-        assert_eq!(unescape("a\\134b\\0"), PathBuf::from("a\\b\\0"));
-        assert_eq!(parse_mount("garbage"), None);
-    }
-
-    #[test]
-    fn a_path_maps_to_the_filesystem_of_its_longest_mount_point() {
-        let own = "27 1 254:0 / / rw - ext4 /dev/vda rw\n\
-                   30 27 0:50 /sub /data rw - tmpfs tmpfs rw\n\
-                   31 27 0:51 / /dat rw - tmpfs tmpfs rw\n";
-        let got = fs_path(Path::new("/data/builds/b1-1"), own).unwrap();
-        assert_eq!(got.dev, "0:50");
-        assert_eq!(got.path, PathBuf::from("/sub/builds/b1-1"));
-        assert_eq!(fs_path(Path::new("/w/b1-1"), own).unwrap().dev, "254:0");
     }
 
     #[test]
