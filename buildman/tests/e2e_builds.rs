@@ -59,18 +59,6 @@ async fn upload(q: &Quarry, bytes: Vec<u8>) -> String {
     v["file_id"].as_str().unwrap().to_owned()
 }
 
-async fn start_build(q: &Quarry, repo: &str, body: Value) -> String {
-    let (s, v) = q
-        .api(
-            Method::POST,
-            &format!("/api/v1/repository/{repo}/build/"),
-            Some(body),
-        )
-        .await;
-    assert_eq!(s, 201, "starting a build: {v}");
-    v["id"].as_str().unwrap().to_owned()
-}
-
 async fn assert_built(q: &Quarry, repo: &str, uuid: &str, tag: &str, expect: &[(&str, &str)]) {
     let view = q.wait_build(repo, uuid, BUILD_DEADLINE).await;
     let logs = q.logs(repo, uuid).await;
@@ -135,8 +123,7 @@ async fn builds_from_git_upload_and_archive_url() {
 
     // 1. git, at the FIRST commit, with a build argument
     let (git_dir, first, _second) = sources::sample_git_repo(q.root.path());
-    let git_build = start_build(
-        &q,
+    let git_build = q.start_build(
         "acme/app",
         json!({"git": {"url": git_dir.display().to_string(), "sha": first},
                "docker_tags": ["git"], "pull_robot": robot, "build_args": {"BASE": base, "GREETING": "git"}}),
@@ -148,18 +135,17 @@ async fn builds_from_git_upload_and_archive_url() {
         sources::tar_gz_dir(&workspace_path("fixtures/builds/sample")),
     )
     .await;
-    let upload_build = start_build(
-        &q,
-        "acme/app",
-        json!({"file_id": file_id, "docker_tags": ["upload"], "pull_robot": robot,
+    let upload_build = q
+        .start_build(
+            "acme/app",
+            json!({"file_id": file_id, "docker_tags": ["upload"], "pull_robot": robot,
                "build_args": {"BASE": base}}),
-    )
-    .await;
+        )
+        .await;
     // 3. an archive_url on loopback, served with a misleading content type
     let tarball = sources::tar_gz_dir(&workspace_path("fixtures/builds/sample"));
     let served = sources::serve_files(vec![("/sample.tgz".into(), "text/plain", tarball)]).await;
-    let archive_build = start_build(
-        &q,
+    let archive_build = q.start_build(
         "acme/app",
         json!({"archive_url": format!("{served}/sample.tgz"), "docker_tags": ["archive", "latest"],
                "pull_robot": robot,

@@ -13,18 +13,6 @@ use serde_json::{Value, json};
 
 const DEADLINE: Duration = Duration::from_secs(240);
 
-async fn start_build(q: &Quarry, repo: &str, body: Value) -> String {
-    let (s, v) = q
-        .api(
-            Method::POST,
-            &format!("/api/v1/repository/{repo}/build/"),
-            Some(body),
-        )
-        .await;
-    assert_eq!(s, 201, "starting a build: {v}");
-    v["id"].as_str().unwrap().to_owned()
-}
-
 async fn finished(q: &Quarry, uuid: &str) -> (Value, String) {
     let view = q.wait_build("acme/app", uuid, DEADLINE).await;
     let logs = q.logs("acme/app", uuid).await;
@@ -106,53 +94,54 @@ async fn user_errors_end_as_error_without_retry_and_cancel_stops_a_running_build
     .await;
     let url = |p: &str| json!(format!("{served}{p}"));
 
-    let syntax = start_build(
-        &q,
-        "acme/app",
-        json!({"archive_url": url("/bad-syntax.tgz"), "build_args": args}),
-    )
-    .await;
+    let syntax = q
+        .start_build(
+            "acme/app",
+            json!({"archive_url": url("/bad-syntax.tgz"), "build_args": args}),
+        )
+        .await;
     user_error(&q, &syntax, "RUNN").await;
-    let failing = start_build(
-        &q,
-        "acme/app",
-        json!({"archive_url": url("/failing-run.tgz"), "build_args": args}),
-    )
-    .await;
+    let failing = q
+        .start_build(
+            "acme/app",
+            json!({"archive_url": url("/failing-run.tgz"), "build_args": args}),
+        )
+        .await;
     user_error(&q, &failing, "42").await;
-    let git = start_build(
-        &q,
-        "acme/app",
-        json!({"git": {"url": "http://127.0.0.1:9/nothing-listens-here.git",
+    let git = q
+        .start_build(
+            "acme/app",
+            json!({"git": {"url": "http://127.0.0.1:9/nothing-listens-here.git",
                        "sha": "0123456789abcdef0123456789abcdef01234567"}}),
-    )
-    .await;
+        )
+        .await;
     user_error(&q, &git, "127.0.0.1:9").await;
-    let traversal = start_build(
-        &q,
-        "acme/app",
-        json!({"archive_url": url("/traversal.tgz")}),
-    )
-    .await;
+    let traversal = q
+        .start_build("acme/app", json!({"archive_url": url("/traversal.tgz")}))
+        .await;
     user_error(&q, &traversal, "..").await;
     assert!(!q.root.path().join("escaped.txt").exists());
-    let symlink = start_build(&q, "acme/app", json!({"archive_url": url("/symlink.tar")})).await;
+    let symlink = q
+        .start_build("acme/app", json!({"archive_url": url("/symlink.tar")}))
+        .await;
     user_error(&q, &symlink, "out").await;
     assert!(
         !std::path::Path::new("/tmp/quarry-escape-marker").exists(),
         "symlink escape wrote outside"
     );
-    let bomb = start_build(&q, "acme/app", json!({"archive_url": url("/bomb.tgz")})).await;
+    let bomb = q
+        .start_build("acme/app", json!({"archive_url": url("/bomb.tgz")}))
+        .await;
     user_error(&q, &bomb, "larger than the limit").await;
 
     // Cancel during `building`: the phase is cancelled at once and the worker is gone within
     // seconds (the RUN step would sleep for two minutes).
-    let sleepy = start_build(
-        &q,
-        "acme/app",
-        json!({"archive_url": url("/sleepy"), "build_args": args}),
-    )
-    .await;
+    let sleepy = q
+        .start_build(
+            "acme/app",
+            json!({"archive_url": url("/sleepy"), "build_args": args}),
+        )
+        .await;
     let end = Instant::now() + DEADLINE;
     loop {
         let (_, v) = q
@@ -206,12 +195,9 @@ async fn an_agent_that_never_registers_expires_after_the_registration_window() {
     .await;
     q.create_repo("acme", "app");
     let started = Instant::now();
-    let uuid = start_build(
-        &q,
-        "acme/app",
-        json!({"archive_url": "http://127.0.0.1:9/x"}),
-    )
-    .await;
+    let uuid = q
+        .start_build("acme/app", json!({"archive_url": "http://127.0.0.1:9/x"}))
+        .await;
     let (view, text) = finished(&q, &uuid).await;
     assert_eq!(view["phase"], "expired", "{view}\n{text}");
     assert_eq!(view["attempts"], 3, "{view}");

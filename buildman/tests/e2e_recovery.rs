@@ -15,18 +15,6 @@ use common::sources;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-async fn start_build(q: &Quarry, repo: &str, body: Value) -> String {
-    let (s, v) = q
-        .api(
-            Method::POST,
-            &format!("/api/v1/repository/{repo}/build/"),
-            Some(body),
-        )
-        .await;
-    assert_eq!(s, 201, "starting a build: {v}");
-    v["id"].as_str().unwrap().to_owned()
-}
-
 async fn phase(q: &Quarry, repo: &str, uuid: &str) -> String {
     let (_, v) = q
         .api(
@@ -131,12 +119,12 @@ async fn sigkill_of_buildman_loses_no_build() {
     let mut builds = Vec::new();
     for r in ["one", "two", "three"] {
         let repo = format!("acme/{r}");
-        let uuid = start_build(
-            &q,
-            &repo,
-            json!({"archive_url": url, "build_args": {"BASE": base}}),
-        )
-        .await;
+        let uuid = q
+            .start_build(
+                &repo,
+                json!({"archive_url": url, "build_args": {"BASE": base}}),
+            )
+            .await;
         builds.push((repo, uuid));
     }
     // one running (ALLOWED_WORKER_COUNT 1), two queued
@@ -182,12 +170,12 @@ async fn an_agent_killed_mid_build_is_retried_and_completes() {
     let base = q.push_base_image("acme/base");
     q.make_public("acme/base");
     let url = serve_sleepy(15).await;
-    let uuid = start_build(
-        &q,
-        "acme/app",
-        json!({"archive_url": url, "build_args": {"BASE": base}}),
-    )
-    .await;
+    let uuid = q
+        .start_build(
+            "acme/app",
+            json!({"archive_url": url, "build_args": {"BASE": base}}),
+        )
+        .await;
     wait_phase(&q, "acme/app", &uuid, "building").await;
     let scratch = scratch_dir(&q, &uuid, 1);
     // Kill the agent while the RUN step runs: runc puts it in a session and mount namespace of

@@ -219,6 +219,44 @@ pub enum TokenCommand {
     },
 }
 
+/// Log to stderr as `text` or `json`, filtered by `RUST_LOG`, else by `default_filter`. Shared by
+/// the `registry-core` and `buildman` binaries.
+pub fn init_tracing(format: &str, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM (never, if the handler cannot be installed).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutdown signal received: stopping and draining connections");
+}
+
+/// Print `e` and its causes on stderr, one per line (`error:` then `caused by:`).
+pub fn print_chain(e: &(dyn std::error::Error + 'static)) {
+    eprintln!("error: {e}");
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        eprintln!("  caused by: {c}");
+        cause = c.source();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

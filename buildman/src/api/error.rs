@@ -2,14 +2,11 @@
 //! `{"status", "error_message", "title", "error_type", "detail"}`; 5xx answers say only
 //! `internal server error` and are logged once, here.
 
-use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use registry_core::accounts::AccountError;
 use registry_core::api::error::ApiV1Error;
-use registry_core::error::error_chain;
 use registry_core::names::NameError;
-use serde::Serialize;
 
 use crate::db::BuildDbError;
 
@@ -248,15 +245,6 @@ impl From<registry_core::db::DbError> for BuildApiError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    status: u16,
-    error_message: &'a str,
-    title: &'a str,
-    error_type: &'a str,
-    detail: &'a str,
-}
-
 impl BuildApiError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
@@ -285,38 +273,12 @@ impl BuildApiError {
     }
 }
 
-fn error_type(status: StatusCode) -> &'static str {
-    match status {
-        StatusCode::UNAUTHORIZED => "invalid_token",
-        StatusCode::FORBIDDEN => "insufficient_scope",
-        StatusCode::NOT_FOUND => "not_found",
-        s if s.is_server_error() => "internal_error",
-        _ => "invalid_request",
-    }
-}
-
 impl IntoResponse for BuildApiError {
     fn into_response(self) -> Response {
         if let BuildApiError::V1(e) = self {
             return e.into_response();
         }
-        let status = self.status();
-        let message = if status.is_server_error() {
-            // The one place a failed builds-API request is logged (log or return, never both).
-            tracing::error!(error = %error_chain(&self), "builds api request failed");
-            "internal server error".to_owned()
-        } else {
-            error_chain(&self)
-        };
-        let kind = error_type(status);
-        let body = ErrorBody {
-            status: status.as_u16(),
-            error_message: &message,
-            title: kind,
-            error_type: kind,
-            detail: &message,
-        };
-        (status, Json(body)).into_response()
+        registry_core::api::error::quay_error_response(self.status(), &self)
     }
 }
 

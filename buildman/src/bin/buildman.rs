@@ -75,46 +75,16 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("buildman=info,registry_core=info,tower_http=warn")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutdown signal received: stopping workers and draining connections");
-}
-
-fn print_chain(e: &anyhow::Error) {
-    eprintln!("error: {e}");
-    for cause in e.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log_format);
+    registry_core::cli::init_tracing(
+        &cli.log_format,
+        "buildman=info,registry_core=info,tower_http=warn",
+    );
     let config = match load_config(&cli) {
         Ok(c) => c,
         Err(e) => {
-            print_chain(&e);
+            registry_core::cli::print_chain(e.as_ref());
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -130,14 +100,18 @@ fn main() -> ExitCode {
             .context("starting the async runtime")
             .and_then(|rt| {
                 rt.block_on(async {
-                    buildman::server::serve(config, shutdown_signal(), |bound| {
-                        // Tests and scripts read these lines (stdout) to learn the ports.
-                        println!("buildman listening on http://{}", bound.http);
-                        match bound.grpc {
-                            Some(grpc) => println!("buildman gRPC for agents on {grpc}"),
-                            None => println!("buildman: builds are disabled, registry only"),
-                        }
-                    })
+                    buildman::server::serve(
+                        config,
+                        registry_core::cli::shutdown_signal(),
+                        |bound| {
+                            // Tests and scripts read these lines (stdout) to learn the ports.
+                            println!("buildman listening on http://{}", bound.http);
+                            match bound.grpc {
+                                Some(grpc) => println!("buildman gRPC for agents on {grpc}"),
+                                None => println!("buildman: builds are disabled, registry only"),
+                            }
+                        },
+                    )
                     .await
                     .context("serving")
                 })
@@ -154,7 +128,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            print_chain(&e);
+            registry_core::cli::print_chain(e.as_ref());
             ExitCode::from(EXIT_RUNTIME)
         }
     }

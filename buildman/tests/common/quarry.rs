@@ -305,6 +305,19 @@ impl Quarry {
         }
     }
 
+    /// POST a build of `repo` with `body`; asserts 201 and returns the build id.
+    pub async fn start_build(&self, repo: &str, body: Value) -> String {
+        let (s, v) = self
+            .api(
+                reqwest::Method::POST,
+                &format!("/api/v1/repository/{repo}/build/"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(s, 201, "starting a build: {v}");
+        v["id"].as_str().expect("build id").to_owned()
+    }
+
     /// Every log entry of build `uuid`.
     pub async fn logs(&self, repo: &str, uuid: &str) -> Vec<Value> {
         let (s, v) = self

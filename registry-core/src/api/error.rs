@@ -79,37 +79,45 @@ impl ApiV1Error {
             },
         }
     }
+}
 
-    fn error_type(status: StatusCode) -> &'static str {
-        match status {
-            StatusCode::UNAUTHORIZED => "invalid_token",
-            StatusCode::FORBIDDEN => "insufficient_scope",
-            StatusCode::NOT_FOUND => "not_found",
-            s if s.is_server_error() => "internal_error",
-            _ => "invalid_request",
-        }
+fn error_type(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::UNAUTHORIZED => "invalid_token",
+        StatusCode::FORBIDDEN => "insufficient_scope",
+        StatusCode::NOT_FOUND => "not_found",
+        s if s.is_server_error() => "internal_error",
+        _ => "invalid_request",
     }
+}
+
+/// Quay's error body for `err` with `status`. A server error is logged here (the one place a
+/// failed REST request is logged) and its details are hidden from the client. buildman's API
+/// answers through this too, so both APIs keep one error shape.
+pub fn quay_error_response(
+    status: StatusCode,
+    err: &(dyn std::error::Error + 'static),
+) -> Response {
+    let message = if status.is_server_error() {
+        tracing::error!(error = %error_chain(err), "api request failed");
+        "internal server error".to_owned()
+    } else {
+        error_chain(err)
+    };
+    let kind = error_type(status);
+    let body = ErrorBody {
+        status: status.as_u16(),
+        error_message: &message,
+        title: kind,
+        error_type: kind,
+        detail: &message,
+    };
+    (status, Json(body)).into_response()
 }
 
 impl IntoResponse for ApiV1Error {
     fn into_response(self) -> Response {
-        let status = self.status();
-        let message = if status.is_server_error() {
-            // The one place a failed API request is logged (log or return, never both).
-            tracing::error!(error = %error_chain(&self), "api request failed");
-            "internal server error".to_owned()
-        } else {
-            error_chain(&self)
-        };
-        let kind = Self::error_type(status);
-        let body = ErrorBody {
-            status: status.as_u16(),
-            error_message: &message,
-            title: kind,
-            error_type: kind,
-            detail: &message,
-        };
-        (status, Json(body)).into_response()
+        quay_error_response(self.status(), &self)
     }
 }
 

@@ -36,33 +36,6 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("registry_core=info,tower_http=warn")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutdown signal received, draining connections");
-}
-
 async fn serve(config: Config) -> anyhow::Result<()> {
     let listen = config.listen_addr.clone();
     let state = AppState::open(config).context("opening the registry state")?;
@@ -73,7 +46,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Tests and scripts read this line (stdout) to learn the port when LISTEN_ADDR ends in :0.
     println!("registry-core listening on http://{addr}");
     tracing::info!(%addr, data_dir = ?state.config.data_dir, "registry-core started");
-    registry_core::serve(state, listener, shutdown_signal()).await?;
+    registry_core::serve(state, listener, registry_core::cli::shutdown_signal()).await?;
     Ok(())
 }
 
@@ -86,20 +59,13 @@ fn admin(config: &Config, command: &registry_core::cli::AdminCommand) -> anyhow:
     Ok(registry_core::admin::run(config, command, io)?)
 }
 
-fn print_chain(e: &anyhow::Error) {
-    eprintln!("error: {e}");
-    for cause in e.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log_format);
+    registry_core::cli::init_tracing(&cli.log_format, "registry_core=info,tower_http=warn");
     let config = match load_config(&cli) {
         Ok(c) => c,
         Err(e) => {
-            print_chain(&e);
+            registry_core::cli::print_chain(e.as_ref());
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -116,7 +82,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            print_chain(&e);
+            registry_core::cli::print_chain(e.as_ref());
             ExitCode::from(EXIT_RUNTIME)
         }
     }
