@@ -17,6 +17,8 @@ installed. Needs root or sudo when a package is missing.
 Packages: podman skopeo buildah redis-server protobuf-compiler docker-registry shellcheck jq curl
 git ca-certificates containernetworking-plugins uidmap build-essential pkg-config runc
 busybox-static libssl-dev libssh2-1-dev zlib1g-dev openssh-server openssh-client
+qemu-system-x86 socat e2fsprogs
+debootstrap squashfs-tools cpio binutils
 EOF
 }
 
@@ -39,6 +41,12 @@ PACKAGES=(
     runc busybox-static libssl-dev libssh2-1-dev zlib1g-dev
     # git over ssh in the agent's source tests: a private sshd on loopback
     openssh-server openssh-client
+    # VM executor: QEMU runs each build's VM; socat is the per-connection guestfwd relay;
+    # mkfs.ext4 makes the scratch disk
+    qemu-system-x86 socat e2fsprogs
+    # VM image (qemu-image build): debootstrap makes the root tree, mksquashfs packs it, strip
+    # shrinks the binaries; cpio reads the initramfs in its unit tests
+    debootstrap squashfs-tools cpio binutils
 )
 
 installed=()

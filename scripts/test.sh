@@ -15,7 +15,8 @@ the first failing tier (exit 1, naming it):
   integration   cargo test --test '*': tests/*.rs, e.g. registry-core's conformance suite and
                 crash tests against the live binary on 127.0.0.1
   heavy         cargo test --tests -- --ignored: only the #[ignore]d tests (real skopeo, podman,
-                buildah clients; podman builds through buildman and builder-agent)
+                buildah clients; podman builds through buildman and builder-agent; the builder
+                VM image is built first, then builds run inside QEMU VMs)
 
   --no-install  do not run scripts/install-deps.sh first
   --tier NAME   run only this tier (repeatable); the order above is kept
@@ -84,13 +85,21 @@ tier_integration() {
 
 tier_heavy() {
     local tool
-    for tool in skopeo podman buildah runc redis-server git busybox; do
+    for tool in skopeo podman buildah runc redis-server git busybox qemu-system-x86_64 socat \
+        debootstrap mksquashfs mkfs.ext4 ssh ssh-keygen; do
         command -v "$tool" >/dev/null || {
             echo "test: heavy tier needs $tool on PATH (scripts/install-deps.sh installs it)" >&2
             return 1
         }
     done
     build_bins
+    # The builder VM image for the qemu executor's tests: built from Debian packages into the
+    # cache outside the clone (QUARRY_CACHE_DIR, default ~/.cache/quarry), rebuilt only when an
+    # input changed (a warm rebuild after an agent change only re-packs the root filesystem).
+    local t0
+    t0="$(now_ms)"
+    run "${CARGO_TARGET_DIR:-target}/debug/qemu-image" build
+    echo "test: VM image ready in $(fmt_ms $(($(now_ms) - t0)))"
     # --tests = lib, bins and integration tests; -- --ignored runs only the ignored ones there.
     run "${CARGO_TEST[@]}" --tests -- --ignored
 }

@@ -106,18 +106,7 @@ async fn executors(config: &Config) -> Result<Vec<Arc<dyn Executor>>, ServeError
     let work_root = config.data_dir().join("builds");
     let mut out: Vec<Arc<dyn Executor>> = Vec::new();
     for e in config.executors() {
-        let mut s = ExecutorSettings::new(e.name.clone(), work_root.clone());
-        s.setup_time = Duration::from_secs(e.setup_time_s);
-        s.minimum_retry_threshold = e.minimum_retry_threshold;
-        s.namespace_whitelist = e.namespace_whitelist.clone();
-        s.staged_rollout = e.staged_rollout;
-        s.debug = e.debug;
-        s.http_proxy = e.http_proxy.clone();
-        s.https_proxy = e.https_proxy.clone();
-        s.no_proxy = e.no_proxy.clone();
-        s.max_lifetime = Duration::from_secs(e.max_lifetime_s);
-        s.builder_binary = e.builder_binary_location.clone();
-        s.max_context_bytes = config.max_archive_size();
+        let s = ExecutorSettings::from_config(e, work_root.clone(), config.max_archive_size());
         match e.kind {
             ExecutorKind::Popen => {
                 let popen = PopenExecutor::new(s);
@@ -136,6 +125,26 @@ async fn executors(config: &Config) -> Result<Vec<Arc<dyn Executor>>, ServeError
                     tracing::warn!(executor = %e.name, reaped, "stopped agents left by a previous buildman");
                 }
                 out.push(Arc::new(popen));
+            }
+            ExecutorKind::Qemu => {
+                let options = crate::executor::qemu::QemuOptions::from_config(e);
+                let qemu = crate::executor::QemuExecutor::new(s, options)
+                    .await
+                    .map_err(|source| ServeError::Executor {
+                        name: e.name.clone(),
+                        source,
+                    })?;
+                let reaped = qemu
+                    .reap_orphans()
+                    .await
+                    .map_err(|source| ServeError::Executor {
+                        name: e.name.clone(),
+                        source,
+                    })?;
+                if reaped > 0 {
+                    tracing::warn!(executor = %e.name, reaped, "stopped VMs left by a previous buildman");
+                }
+                out.push(Arc::new(qemu));
             }
             other => {
                 return Err(ServeError::Unsupported(format!(

@@ -252,9 +252,9 @@ fn each_class_of_mistake_names_the_key_and_the_expected_form() {
 fn validation_mistakes_are_named_too() {
     let cases: Vec<(String, &str)> = vec![
         (
-            "BUILD_MANAGER:\n- ephemeral\n- EXECUTORS: [{EXECUTOR: qemu}]\n".to_owned(),
-            "BUILD_MANAGER[1].EXECUTORS[0].EXECUTOR: executor qemu is not implemented yet (issue 4); \
-             use EXECUTOR: popen for now",
+            "BUILD_MANAGER:\n- ephemeral\n- EXECUTORS: [{EXECUTOR: kubernetes}]\n".to_owned(),
+            "BUILD_MANAGER[1].EXECUTORS[0].EXECUTOR: executor kubernetes is not implemented yet \
+             (issue 6); use EXECUTOR: popen for now",
         ),
         (
             "BUILD_MANAGER:\n- ephemeral\n- EXECUTORS: [{EXECUTOR: ec2, EC2_REGION: us-east-1}]\n"

@@ -9,55 +9,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::quarry::{Quarry, workspace_path};
+use common::quarry::{Quarry, messages, phases, workspace_path};
 use common::redis::RedisServer;
 use common::sources;
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const BUILD_DEADLINE: Duration = Duration::from_secs(300);
-
-fn phases(logs: &[Value]) -> Vec<String> {
-    logs.iter()
-        .filter(|e| e["type"] == "phase")
-        .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
-
-fn messages(logs: &[Value]) -> String {
-    logs.iter()
-        .map(|e| e["message"].as_str().unwrap_or_default())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Upload `bytes` through the filedrop API; returns the file id.
-async fn upload(q: &Quarry, bytes: Vec<u8>) -> String {
-    let (s, v) = q
-        .api(
-            Method::POST,
-            "/api/v1/filedrop/",
-            Some(json!({"mimeType": "application/gzip"})),
-        )
-        .await;
-    assert_eq!(s, 200, "filedrop: {v}");
-    let url = v["url"].as_str().unwrap().to_owned();
-    let url = if url.starts_with("http") {
-        url
-    } else {
-        format!("{}{url}", q.base())
-    };
-    let resp = q
-        .http
-        .put(url)
-        .bearer_auth(&q.token)
-        .body(bytes)
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "upload: {}", resp.status());
-    v["file_id"].as_str().unwrap().to_owned()
-}
 
 async fn assert_built(q: &Quarry, repo: &str, uuid: &str, tag: &str, expect: &[(&str, &str)]) {
     let view = q.wait_build(repo, uuid, BUILD_DEADLINE).await;
@@ -130,11 +88,11 @@ async fn builds_from_git_upload_and_archive_url() {
     )
     .await;
     // 2. an uploaded .tar.gz of the sample
-    let file_id = upload(
-        &q,
-        sources::tar_gz_dir(&workspace_path("fixtures/builds/sample")),
-    )
-    .await;
+    let file_id = q
+        .upload(sources::tar_gz_dir(&workspace_path(
+            "fixtures/builds/sample",
+        )))
+        .await;
     let upload_build = q
         .start_build(
             "acme/app",

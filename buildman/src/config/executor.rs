@@ -10,6 +10,7 @@ use super::cloud::{
     EC2_KEYS, Ec2Settings, KUBERNETES_KEYS, KubernetesSettings, WORKER_KEYS, WorkerSettings,
 };
 use super::error::{ProblemKind, WarningKind};
+use super::qemu::{QEMU_KEYS, QemuSettings};
 use super::reader::{Ctx, Level, MapReader};
 use super::values::ByteSize;
 
@@ -37,11 +38,12 @@ pub(super) const COMMON_KEYS: &[&str] = &[
 pub(super) const PLACE: &str = "an entry of BUILD_MANAGER[1].EXECUTORS";
 
 /// All executor keys, by group, as other levels' `misplaced` tables want them.
-pub(super) const MISPLACED: [(&[&str], &str); 4] = [
+pub(super) const MISPLACED: [(&[&str], &str); 5] = [
     (COMMON_KEYS, PLACE),
     (WORKER_KEYS, PLACE),
     (KUBERNETES_KEYS, PLACE),
     (EC2_KEYS, PLACE),
+    (QEMU_KEYS, PLACE),
 ];
 
 /// Quay's default `SETUP_TIME` (`EPHEMERAL_SETUP_TIMEOUT`), seconds.
@@ -87,13 +89,12 @@ impl ExecutorKind {
 
     /// Whether buildman can run builds with this kind in this release.
     pub fn is_implemented(self) -> bool {
-        self == ExecutorKind::Popen
+        matches!(self, ExecutorKind::Popen | ExecutorKind::Qemu)
     }
 
     fn planned(self) -> &'static str {
         match self {
-            ExecutorKind::Popen => "implemented",
-            ExecutorKind::Qemu => "issue 4",
+            ExecutorKind::Popen | ExecutorKind::Qemu => "implemented",
             ExecutorKind::Kubernetes | ExecutorKind::KubernetesPodman => "issue 6",
             ExecutorKind::Ec2 => "no issue planned yet",
         }
@@ -161,6 +162,8 @@ pub struct ExecutorConfig {
     pub kubernetes: KubernetesSettings,
     /// EC2 keys.
     pub ec2: Ec2Settings,
+    /// `qemu` keys (`VM_MEMORY`, `SSH_PORT`, ...), defaults applied.
+    pub qemu: QemuSettings,
     /// Where this entry is in the file, for messages.
     path: String,
     /// Where its `EXECUTOR` key is (differs in the legacy form).
@@ -176,6 +179,7 @@ const KIND_GROUPS: &[(&[&str], &[ExecutorKind])] = &[
         &[ExecutorKind::Kubernetes, ExecutorKind::KubernetesPodman],
     ),
     (EC2_KEYS, &[ExecutorKind::Ec2]),
+    (QEMU_KEYS, &[ExecutorKind::Qemu]),
 ];
 
 impl ExecutorConfig {
@@ -302,6 +306,7 @@ impl ExecutorConfig {
             worker: WorkerSettings::parse(&mut r, ctx),
             kubernetes: KubernetesSettings::parse(&mut r, ctx),
             ec2: Ec2Settings::parse(&mut r, ctx),
+            qemu: QemuSettings::parse(&mut r, ctx),
             path: path.to_owned(),
             kind_key,
         };

@@ -278,6 +278,7 @@ const LEVEL: Level = Level {
         executor::MISPLACED[1],
         executor::MISPLACED[2],
         executor::MISPLACED[3],
+        executor::MISPLACED[4],
     ],
 };
 
@@ -346,7 +347,7 @@ mod tests {
     #[test]
     fn validate_catches_duplicates_and_unimplemented_kinds() {
         let (m, _) = parse(
-            "[ephemeral, {EXECUTORS: [{EXECUTOR: popen}, {EXECUTOR: popen}, {EXECUTOR: qemu, NAME: vm}]}]",
+            "[ephemeral, {EXECUTORS: [{EXECUTOR: popen}, {EXECUTOR: popen}, {EXECUTOR: kubernetes, NAME: k8s}]}]",
         );
         let mut ctx = Ctx::default();
         m.validate(&mut ctx);
@@ -355,8 +356,8 @@ mod tests {
             [
                 "BUILD_MANAGER[1].EXECUTORS[1].NAME: duplicate executor name \"popen\" (also used by \
                  BUILD_MANAGER[1].EXECUTORS[0]); give each executor a unique NAME",
-                "BUILD_MANAGER[1].EXECUTORS[2].EXECUTOR: executor qemu is not implemented yet \
-                 (issue 4); use EXECUTOR: popen for now",
+                "BUILD_MANAGER[1].EXECUTORS[2].EXECUTOR: executor kubernetes is not implemented \
+                 yet (issue 6); use EXECUTOR: popen for now",
             ]
         );
         let (m, _) = parse("[ephemeral]");

@@ -16,6 +16,7 @@ mod error;
 mod executor;
 mod manager;
 mod orchestrator;
+mod qemu;
 mod quay_keys;
 mod reader;
 mod values;
@@ -31,6 +32,7 @@ pub use error::{ConfigError, ConfigProblem, ConfigWarning, ProblemKind, WarningK
 pub use executor::{ContainerRuntime, ExecutorConfig, ExecutorKind};
 pub use manager::{ManagerConfig, ManagerKind};
 pub use orchestrator::{OrchestratorConfig, RedisConfig};
+pub use qemu::QemuSettings;
 pub use values::{ByteSize, Secret};
 
 use reader::{Ctx, Level, MapReader};
@@ -204,6 +206,7 @@ const TOP_LEVEL: Level = Level {
         executor::MISPLACED[1],
         executor::MISPLACED[2],
         executor::MISPLACED[3],
+        executor::MISPLACED[4],
     ],
 };
 

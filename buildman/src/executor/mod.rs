@@ -3,7 +3,8 @@
 //! The manager holds an ordered list of [`Executor`]s (config `EXECUTORS`). For each attempt it
 //! asks [`pick`] for the executors eligible for the build's namespace and remaining retries, then
 //! calls [`Executor::start_builder`] on the first one, falling through to the next on an error.
-//! [`popen`] is the only executor so far: one `builder-agent` process per build on this machine.
+//! [`popen`] runs one `builder-agent` process per build on this machine; [`qemu`] runs each build
+//! in a throw-away QEMU VM of its own.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,11 +16,13 @@ mod mountinfo;
 mod orphans;
 pub mod popen;
 mod process;
+pub mod qemu;
 mod reaper;
 mod scan;
 mod sweep;
 
 pub use popen::PopenExecutor;
+pub use qemu::QemuExecutor;
 
 /// Quay's default `SETUP_TIME` (`EPHEMERAL_SETUP_TIMEOUT`): 500 s.
 pub const DEFAULT_SETUP_TIME: Duration = Duration::from_secs(500);
@@ -50,6 +53,12 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     /// Stop every worker this executor started. Added to Quay's interface so that buildman's
     /// shutdown leaks no worker (Quay leaves Popen children running).
     async fn shutdown_all(&self) -> Result<(), ExecutorError>;
+    /// How a person reaches worker `execution_id` for debugging (e.g. `ssh -p 2222
+    /// root@127.0.0.1` for a VM with `SSH_AUTHORIZED_KEYS`); `None` when there is no way in. The
+    /// manager writes it into the build log when the worker starts.
+    fn debug_access(&self, _execution_id: &str) -> Option<String> {
+        None
+    }
 }
 
 /// What an executor needs to start the agent of one build.
@@ -135,6 +144,30 @@ impl ExecutorSettings {
     }
 }
 
+impl ExecutorSettings {
+    /// The settings of configured entry `e` whose work directories live in `work_root`; the same
+    /// mapping for every executor kind.
+    pub fn from_config(
+        e: &crate::config::ExecutorConfig,
+        work_root: PathBuf,
+        max_context_bytes: u64,
+    ) -> ExecutorSettings {
+        let mut s = ExecutorSettings::new(e.name.clone(), work_root);
+        s.setup_time = e.setup_time();
+        s.minimum_retry_threshold = e.minimum_retry_threshold;
+        s.namespace_whitelist = e.namespace_whitelist.clone();
+        s.staged_rollout = e.staged_rollout;
+        s.debug = e.debug;
+        s.http_proxy = e.http_proxy.clone();
+        s.https_proxy = e.https_proxy.clone();
+        s.no_proxy = e.no_proxy.clone();
+        s.max_lifetime = e.max_lifetime();
+        s.builder_binary = e.builder_binary_location.clone();
+        s.max_context_bytes = max_context_bytes;
+        s
+    }
+}
+
 /// Why an executor could not start or stop a worker; each message says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecutorError {
@@ -180,6 +213,9 @@ pub enum ExecutorError {
         /// The id as given.
         execution_id: String,
     },
+    /// The `qemu` executor could not prepare or start a VM.
+    #[error(transparent)]
+    Qemu(#[from] qemu::QemuError),
     /// The worker did not finish stopping in time.
     #[error("worker {execution_id} did not stop within {waited:?}: check for stuck processes")]
     StopTimeout {

@@ -407,7 +407,7 @@ fn default_binary(exe: &Path, exists: impl Fn(&Path) -> bool) -> PathBuf {
 
 /// Proxy variables in both cases (settings first, then the manager's upper-case, then lower-case
 /// variable) and `RUST_LOG` (settings, then the manager's).
-fn inherited_env(
+pub(super) fn inherited_env(
     settings: &ExecutorSettings,
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Vec<(&'static str, String)> {

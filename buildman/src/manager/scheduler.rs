@@ -237,6 +237,12 @@ impl Manager {
         let attempt_uuid = uuid.clone();
         let (build_id, from) = (build.id, build.phase);
         let extend_ms = ms(executor.setup_time() + CLAIM_MARGIN);
+        let access = executor.debug_access(execution_id).map(|how| {
+            format!(
+                "worker {execution_id} of executor {} can be reached for debugging: {how}",
+                executor.name()
+            )
+        });
         let (attempt, moved) = self
             .builds
             .write(move |tx| {
@@ -264,6 +270,9 @@ impl Manager {
                     None,
                     Map::new(),
                 )?;
+                if let Some(line) = &access {
+                    crate::logs::append(tx, build_id, crate::logs::Kind::Output, line, Map::new())?;
+                }
                 queue::extend(tx, &attempt_uuid, extend_ms, 0)?;
                 Ok::<_, crate::db::BuildDbError>((attempt, moved))
             })

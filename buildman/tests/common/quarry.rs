@@ -64,6 +64,16 @@ impl Quarry {
 
     /// [`Quarry::start`] with `agent` as the popen executor's binary.
     pub async fn start_with_agent(manager_yaml: &str, agent: &Path) -> Quarry {
+        let executors = format!(
+            "\x20   - EXECUTOR: popen\n\x20     BUILDER_BINARY_LOCATION: {}\n",
+            agent.display()
+        );
+        Quarry::start_with_executors(manager_yaml, &executors).await
+    }
+
+    /// [`Quarry::start`] with `executors_yaml` as the `EXECUTORS` list (entries indented by four
+    /// spaces, `- EXECUTOR: ...` lines first).
+    pub async fn start_with_executors(manager_yaml: &str, executors_yaml: &str) -> Quarry {
         let root = tempfile::Builder::new()
             .prefix("quarry-e2e-")
             .tempdir()
@@ -81,10 +91,8 @@ impl Quarry {
              \x20 - GRPC_LISTEN_ADDR: 127.0.0.1:0\n\
              {manager_yaml}\
              \x20   EXECUTORS:\n\
-             \x20   - EXECUTOR: popen\n\
-             \x20     BUILDER_BINARY_LOCATION: {agent}\n",
+             {executors_yaml}",
             data = root.path().join("data").display(),
-            agent = agent.display(),
         );
         std::fs::write(&config, yaml).expect("writing config.yaml");
         let log = root.path().join("buildman.log");
@@ -171,6 +179,25 @@ impl Quarry {
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             }
             let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM buildman (a clean shutdown: it stops its workers) and wait up to `deadline` for
+    /// it to exit; panics if it does not.
+    pub fn terminate(&mut self, deadline: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+        let end = Instant::now() + deadline;
+        while child.try_wait().expect("waiting for buildman").is_none() {
+            assert!(
+                Instant::now() < end,
+                "buildman did not exit within {deadline:?} of SIGTERM\n{}",
+                self.log_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -318,6 +345,34 @@ impl Quarry {
         v["id"].as_str().expect("build id").to_owned()
     }
 
+    /// Upload `bytes` through the filedrop API; returns the file id.
+    pub async fn upload(&self, bytes: Vec<u8>) -> String {
+        let (s, v) = self
+            .api(
+                reqwest::Method::POST,
+                "/api/v1/filedrop/",
+                Some(serde_json::json!({"mimeType": "application/gzip"})),
+            )
+            .await;
+        assert_eq!(s, 200, "filedrop: {v}");
+        let url = v["url"].as_str().expect("upload url").to_owned();
+        let url = if url.starts_with("http") {
+            url
+        } else {
+            format!("{}{url}", self.base())
+        };
+        let resp = self
+            .http
+            .put(url)
+            .bearer_auth(&self.token)
+            .body(bytes)
+            .send()
+            .await
+            .expect("uploading");
+        assert!(resp.status().is_success(), "upload: {}", resp.status());
+        v["file_id"].as_str().expect("file id").to_owned()
+    }
+
     /// Every log entry of build `uuid`.
     pub async fn logs(&self, repo: &str, uuid: &str) -> Vec<Value> {
         let (s, v) = self
@@ -339,4 +394,20 @@ impl Drop for Quarry {
         }
         self.kill9();
     }
+}
+
+/// The `phase` entries of a build log, in order.
+pub fn phases(logs: &[Value]) -> Vec<String> {
+    logs.iter()
+        .filter(|e| e["type"] == "phase")
+        .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Every message of a build log, one per line.
+pub fn messages(logs: &[Value]) -> String {
+    logs.iter()
+        .map(|e| e["message"].as_str().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -1,0 +1,354 @@
+//! The `qemu` executor: one throw-away QEMU VM per build on this machine (issue 4).
+//!
+//! The VM boots the image `qemu-image build` made (kernel, stage-1 initramfs, read-only root),
+//! with a fresh sparse scratch disk and a [`qemu_image::guest::GuestConfig`] (the agent's
+//! environment with its registration token, the forwards, SSH keys) passed through `fw_cfg`.
+//! Inside, `quarry-init` runs `builder-agent`, which dials buildman exactly as a popen agent
+//! does; user-mode networking relays only buildman, the registry and configured proxies into
+//! the guest ([`qemu_image::forward`]).
+//!
+//! Whether KVM can boot a guest here is found by a real probe ([`qemu_image::probe::detect`]),
+//! started when the executor is made and awaited by the first build. Each VM lives in
+//! `<work_root>/<build uuid>-<n>` (0700: scratch disk, config, console log, QEMU's stderr) with
+//! `<work dir>.pid` beside it, so that [`QemuExecutor::reap_orphans`] can stop VMs a killed
+//! buildman left. A supervisor task per VM logs its exit with the console's last lines and
+//! removes everything; `MAX_LIFETIME_S` is enforced here and by the guest itself. With `DEBUG`
+//! a stopped build's VM is kept (reachable over SSH with `SSH_AUTHORIZED_KEYS`) until
+//! `MAX_LIFETIME_S` or buildman's shutdown.
+
+mod error;
+mod guest;
+mod orphans;
+mod settings;
+mod start;
+mod supervise;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use qemu_image::image::{self, Image};
+use qemu_image::probe::{self, Detection, ProbeOptions};
+use tokio::sync::watch;
+
+pub use error::QemuError;
+pub use settings::{DEFAULT_VOLUME_SIZE, QemuOptions};
+
+use self::supervise::Vms;
+use super::popen::{inherited_env, pid_path};
+use super::{Executor, ExecutorError, ExecutorSettings, StartJob, process};
+
+/// How long `stop_builder` waits for the supervisor (grace, kill, sweep, directory removal).
+const STOP_WAIT: Duration = Duration::from_secs(60);
+
+/// The `qemu` executor; see the module documentation.
+#[derive(Debug)]
+pub struct QemuExecutor {
+    settings: ExecutorSettings,
+    options: QemuOptions,
+    image: Image,
+    /// `QEMU_BINARY` resolved to a path.
+    qemu_binary: PathBuf,
+    /// Proxy variables (both cases) and `RUST_LOG` for the agent, resolved once.
+    inherited: Vec<(&'static str, String)>,
+    vms: Arc<Vms>,
+    /// `None` until the probe has decided.
+    detection: watch::Receiver<Option<Arc<Detection>>>,
+}
+
+impl QemuExecutor {
+    /// Check the tools, open and verify the image, and start the accelerator probe. Reads proxy
+    /// variables and `RUST_LOG` from the manager's environment where the settings leave them
+    /// unset, as popen does.
+    pub async fn new(
+        settings: ExecutorSettings,
+        options: QemuOptions,
+    ) -> Result<QemuExecutor, ExecutorError> {
+        let qemu_binary =
+            find_program(&options.vm.qemu_binary).ok_or_else(|| QemuError::MissingQemu {
+                binary: options.vm.qemu_binary.clone(),
+            })?;
+        if find_program(Path::new("socat")).is_none() {
+            return Err(QemuError::MissingTool { tool: "socat" }.into());
+        }
+        let dir = options.vm.vm_image.clone();
+        // Verifying the image hashes hundreds of megabytes: off the async workers.
+        let image = tokio::task::spawn_blocking(move || match &dir {
+            Some(d) => Image::open(d).map_err(|source| (dir.clone(), source)),
+            None => image::current(&image::cache_dir()).map_err(|source| (None, source)),
+        })
+        .await
+        .map_err(QemuError::Blocking)?
+        .map_err(|(dir, source)| QemuError::Image { dir, source })?;
+        let probe_options = ProbeOptions {
+            accel: options.vm.accel,
+            machine: options.vm.machine,
+            ..ProbeOptions::default()
+        };
+        let detection = start_probe(qemu_binary.clone(), image.clone(), probe_options);
+        let inherited = inherited_env(&settings, |name| std::env::var(name).ok());
+        tracing::info!(executor = %settings.name, image = %image.dir.display(),
+            qemu = %qemu_binary.display(), "qemu executor ready; probing the VM accelerator");
+        Ok(QemuExecutor {
+            settings,
+            options,
+            image,
+            qemu_binary,
+            inherited,
+            vms: Arc::default(),
+            detection,
+        })
+    }
+
+    /// An executor over a made-up image that never probes, for unit tests of its parts.
+    #[cfg(test)]
+    fn for_tests(work_root: &Path, options: QemuOptions) -> QemuExecutor {
+        QemuExecutor {
+            settings: ExecutorSettings::new("vm", work_root),
+            options,
+            image: Image::at(work_root.join("image")),
+            qemu_binary: PathBuf::from("qemu-system-x86_64"),
+            inherited: Vec::new(),
+            vms: Arc::default(),
+            detection: watch::channel(None).1,
+        }
+    }
+
+    /// The image VMs boot.
+    pub fn image(&self) -> &Image {
+        &self.image
+    }
+
+    /// The probe's decision, waiting for it the first time.
+    pub async fn detection(&self) -> Result<Arc<Detection>, ExecutorError> {
+        let mut rx = self.detection.clone();
+        let found = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| QemuError::Probe)?;
+        found.clone().ok_or_else(|| QemuError::Probe.into())
+    }
+
+    /// Stop the VMs a previous buildman left in the work root and remove their work
+    /// directories. Call once at startup, before scheduling. Returns how many were running.
+    pub async fn reap_orphans(&self) -> Result<usize, ExecutorError> {
+        let vms = &self.vms;
+        orphans::reap(&self.settings.work_root, |id| {
+            vms.lock().running.contains_key(id)
+        })
+        .await
+    }
+
+    /// Ask the supervisor of `id` to stop its VM and wait for it to finish.
+    async fn stop_vm(&self, id: &str) -> Result<(), ExecutorError> {
+        let entry = self
+            .vms
+            .lock()
+            .running
+            .get(id)
+            .map(|vm| (vm.stop.clone(), vm.done.clone()));
+        let Some((stop, mut done)) = entry else {
+            return Ok(());
+        };
+        stop.notify_one();
+        match tokio::time::timeout(STOP_WAIT, done.wait_for(|d| *d)).await {
+            // A closed channel means the supervisor ended (finished or its runtime went away).
+            Ok(_) => Ok(()),
+            Err(_) => Err(ExecutorError::StopTimeout {
+                execution_id: id.to_owned(),
+                waited: STOP_WAIT,
+            }),
+        }
+    }
+}
+
+/// Run the probe on the blocking pool and publish its decision, logging it once.
+fn start_probe(
+    qemu: PathBuf,
+    image: Image,
+    options: ProbeOptions,
+) -> watch::Receiver<Option<Arc<Detection>>> {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        match tokio::task::spawn_blocking(move || probe::detect(&qemu, &image, &options)).await {
+            Ok(d) => {
+                tracing::info!(
+                    elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    tsc_khz = ?d.tsc_khz,
+                    "VM accelerator: {} ({}); machine {}",
+                    d.accel.as_str(),
+                    d.notes.join("; "),
+                    d.machine.as_str()
+                );
+                tx.send_replace(Some(Arc::new(d)));
+            }
+            // Dropping the sender makes every waiting start fail with QemuError::Probe.
+            Err(e) => tracing::error!(error = %e, "the VM accelerator probe panicked"),
+        }
+    });
+    rx
+}
+
+/// `program` as given when it names a file (has a `/`), else the first match in `PATH`.
+fn find_program(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 || program.is_absolute() {
+        return program.is_file().then(|| program.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// `ssh -p PORT root@ADDR` for a forward on `addr` (loopback when it listens on every address).
+fn ssh_command(addr: std::net::SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        addr.ip()
+    };
+    let host = match ip {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+    };
+    format!("ssh -p {} root@{host}", addr.port())
+}
+
+#[async_trait::async_trait]
+impl Executor for QemuExecutor {
+    fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    fn setup_time(&self) -> Duration {
+        self.settings.setup_time
+    }
+
+    fn minimum_retry_threshold(&self) -> u32 {
+        self.settings.minimum_retry_threshold
+    }
+
+    fn allowed_for_namespace(&self, ns: &str) -> bool {
+        super::allowed_for_namespace(
+            self.settings.namespace_whitelist.as_deref(),
+            self.settings.staged_rollout,
+            ns,
+        )
+    }
+
+    #[tracing::instrument(skip(self, job), fields(build_uuid = %job.build_uuid, executor = %self.settings.name))]
+    async fn start_builder(&self, job: &StartJob) -> Result<String, ExecutorError> {
+        let uuid_ok = !job.build_uuid.is_empty()
+            && job
+                .build_uuid
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !uuid_ok {
+            return Err(ExecutorError::InvalidExecutionId {
+                execution_id: job.build_uuid.clone(),
+            });
+        }
+        let detection = self.detection().await?;
+        self.launch(job, &detection).await
+    }
+
+    async fn stop_builder(&self, execution_id: &str) -> Result<(), ExecutorError> {
+        if self.settings.debug {
+            let mut table = self.vms.lock();
+            if let Some(vm) = table.running.get_mut(execution_id) {
+                if !vm.kept {
+                    vm.kept = true;
+                    let how = vm.ssh.map_or_else(
+                        || "no SSH_AUTHORIZED_KEYS, so no SSH".to_owned(),
+                        ssh_command,
+                    );
+                    tracing::info!(build_uuid = %vm.build_uuid, execution_id,
+                        max_lifetime_s = self.settings.max_lifetime.as_secs(),
+                        "VM of build {} kept for debugging until MAX_LIFETIME_S: {how}", vm.build_uuid);
+                }
+                return Ok(());
+            }
+            return Ok(());
+        }
+        self.stop_vm(execution_id).await
+    }
+
+    async fn running_builders_count(&self) -> Result<usize, ExecutorError> {
+        Ok(self.vms.lock().running.len())
+    }
+
+    async fn shutdown_all(&self) -> Result<(), ExecutorError> {
+        let ids: Vec<String> = self.vms.lock().running.keys().cloned().collect();
+        // Ask every supervisor first so the VMs stop concurrently, then wait for each.
+        for id in &ids {
+            if let Some(vm) = self.vms.lock().running.get(id) {
+                vm.stop.notify_one();
+            }
+        }
+        for id in &ids {
+            self.stop_vm(id).await?;
+        }
+        Ok(())
+    }
+
+    fn debug_access(&self, execution_id: &str) -> Option<String> {
+        let ssh = self.vms.lock().running.get(execution_id)?.ssh?;
+        Some(ssh_command(ssh))
+    }
+}
+
+impl Drop for QemuExecutor {
+    /// Last resort when buildman exits without `shutdown_all`: SIGKILL every VM and remove its
+    /// work directory, so nothing outlives the manager.
+    fn drop(&mut self) {
+        let vms: Vec<_> = self.vms.lock().running.drain().collect();
+        for (id, vm) in vms {
+            let is_it = process::read_stat(vm.pid).is_some_and(|s| s.start_time == vm.start_time);
+            if is_it && let Err(e) = process::signal_group(vm.pid, Signal::SIGKILL) {
+                tracing::error!(execution_id = %id, pid = vm.pid, error = %e,
+                    "failed to kill a VM on shutdown; kill it by hand");
+            }
+            let _ = std::fs::remove_dir_all(&vm.work_dir);
+            let _ = process::remove_file(&pid_path(&vm.work_dir));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_are_found_in_path_or_by_path() {
+        assert_eq!(
+            find_program(Path::new("sh")).map(|p| p.is_file()),
+            Some(true)
+        );
+        assert_eq!(
+            find_program(Path::new("/bin/sh")),
+            Some(PathBuf::from("/bin/sh"))
+        );
+        assert_eq!(find_program(Path::new("no-such-program-quarry")), None);
+        assert_eq!(find_program(Path::new("/nonexistent/qemu")), None);
+    }
+
+    #[test]
+    fn ssh_commands_name_a_reachable_address() {
+        let cmd = |s: &str| ssh_command(s.parse().unwrap());
+        assert_eq!(cmd("127.0.0.1:2222"), "ssh -p 2222 root@127.0.0.1");
+        assert_eq!(cmd("0.0.0.0:2223"), "ssh -p 2223 root@127.0.0.1");
+        assert_eq!(cmd("[::1]:2222"), "ssh -p 2222 root@[::1]");
+    }
+
+    #[test]
+    fn missing_tools_say_what_to_do() {
+        let e = QemuError::MissingQemu {
+            binary: "qemu-system-x86_64".into(),
+        };
+        assert!(e.to_string().contains("scripts/install-deps.sh"), "{e}");
+        let e = QemuError::MissingTool { tool: "socat" };
+        assert!(e.to_string().starts_with("socat not found"), "{e}");
+    }
+}

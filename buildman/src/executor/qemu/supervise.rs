@@ -1,0 +1,271 @@
+//! The live VMs of one `qemu` executor, and the supervisor task each one gets: it waits for QEMU
+//! to exit, stops it when asked or when it outlives `MAX_LIFETIME_S`, kills whatever QEMU left
+//! (slirp's per-connection relays), logs the exit with the end of the guest's console, removes
+//! the work directory (scratch disk, config, console) and frees the SSH port.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use crate::executor::popen::pid_path;
+use crate::executor::process::{self, GRACE};
+use crate::executor::scan::Recorded;
+use crate::executor::sweep::{BuildSweep, SWEEP_GRACE};
+
+/// How many console lines go into the exit log line.
+pub(super) const CONSOLE_TAIL_LINES: usize = 20;
+/// How much of the console (and of QEMU's own stderr) is read for that tail.
+const TAIL_BYTES: u64 = 16 * 1024;
+/// The guest's console, in the work directory.
+pub(super) const CONSOLE_FILE: &str = "console.log";
+/// QEMU's own stdout and stderr, in the work directory.
+pub(super) const QEMU_LOG_FILE: &str = "qemu.log";
+
+/// The VMs of one executor and the SSH ports they hold.
+#[derive(Debug, Default)]
+pub(super) struct Vms(Mutex<VmTable>);
+
+/// See [`Vms`].
+#[derive(Debug, Default)]
+pub(super) struct VmTable {
+    /// Live VMs by execution id.
+    pub(super) running: HashMap<String, Vm>,
+    /// SSH ports held by live VMs and by VMs being started.
+    pub(super) ports: HashSet<u16>,
+}
+
+impl Vms {
+    pub(super) fn lock(&self) -> MutexGuard<'_, VmTable> {
+        // Every critical section is a few inserts, removes or reads: a panic cannot leave the
+        // table half-updated, so a poisoned lock is still usable.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// One live VM.
+#[derive(Debug)]
+pub(super) struct Vm {
+    /// The build it runs.
+    pub(super) build_uuid: String,
+    /// QEMU's pid, also its process group.
+    pub(super) pid: i32,
+    /// QEMU's start time, naming the process together with `pid`.
+    pub(super) start_time: u64,
+    /// Its work directory.
+    pub(super) work_dir: PathBuf,
+    /// The host address forwarded to the guest's SSH server.
+    pub(super) ssh: Option<SocketAddr>,
+    /// Asks the supervisor to stop the VM; `notify_one` stores a permit, so no request is lost.
+    pub(super) stop: Arc<Notify>,
+    /// Becomes true once the supervisor has finished.
+    pub(super) done: watch::Receiver<bool>,
+    /// `DEBUG`: the build is over but the VM is kept for debugging.
+    pub(super) kept: bool,
+}
+
+/// Everything a supervisor task owns.
+#[derive(Debug)]
+pub(super) struct Supervisor {
+    pub(super) vms: Arc<Vms>,
+    pub(super) id: String,
+    pub(super) build_uuid: String,
+    pub(super) child: tokio::process::Child,
+    pub(super) pid: i32,
+    pub(super) start_time: u64,
+    pub(super) dir: PathBuf,
+    pub(super) ssh_port: Option<u16>,
+    pub(super) stop: Arc<Notify>,
+    pub(super) done: watch::Sender<bool>,
+    pub(super) max_lifetime: Duration,
+}
+
+/// Why a VM ended, as far as the executor knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    /// QEMU exited on its own (the guest powered off, or QEMU failed).
+    Own,
+    /// `stop_builder` or `shutdown_all` asked for it.
+    Stopped,
+    /// It outlived `MAX_LIFETIME_S`.
+    Lifetime,
+}
+
+impl Supervisor {
+    fn signal(&self, signal: Signal) {
+        if let Err(e) = process::signal_group(self.pid, signal) {
+            tracing::error!(build_uuid = %self.build_uuid, execution_id = %self.id, pid = self.pid,
+                %signal, error = %e, "failed to signal the VM's QEMU; kill it by hand");
+        }
+    }
+
+    fn terminate(&self) -> Instant {
+        self.signal(Signal::SIGTERM);
+        Instant::now() + GRACE
+    }
+}
+
+/// Run until QEMU has exited and everything of the VM is gone, then drop it from the table.
+pub(super) async fn supervise(mut s: Supervisor) {
+    let lifetime = tokio::time::sleep(s.max_lifetime);
+    tokio::pin!(lifetime);
+    let mut grace_end: Option<Instant> = None;
+    let mut killed = false;
+    let mut ending = Ending::Own;
+    let status = loop {
+        tokio::select! {
+            status = s.child.wait() => break status,
+            () = s.stop.notified(), if grace_end.is_none() => {
+                ending = Ending::Stopped;
+                grace_end = Some(s.terminate());
+            }
+            () = &mut lifetime, if grace_end.is_none() => {
+                tracing::warn!(build_uuid = %s.build_uuid, execution_id = %s.id,
+                    max_lifetime_s = s.max_lifetime.as_secs(), "VM exceeded MAX_LIFETIME_S; stopping it");
+                ending = Ending::Lifetime;
+                grace_end = Some(s.terminate());
+            }
+            () = tokio::time::sleep_until(grace_end.unwrap_or_else(Instant::now)),
+                if grace_end.is_some() && !killed => {
+                killed = true;
+                s.signal(Signal::SIGKILL);
+            }
+        }
+    };
+    // QEMU is gone; the relays slirp started per guest connection (in sessions of their own) and
+    // anything else naming the work directory go too.
+    let group = Recorded {
+        pid: s.pid,
+        start_time: s.start_time,
+    };
+    let sweep = BuildSweep::new(&s.build_uuid, &s.dir, Some(group));
+    let swept = sweep
+        .terminate(grace_end.unwrap_or_else(|| Instant::now() + SWEEP_GRACE))
+        .await;
+    report(&s, ending, &status);
+    if swept.survivors.is_empty() {
+        match sweep.remove_files().await {
+            Ok(()) => {
+                let _ = process::remove_file(&pid_path(&s.dir));
+            }
+            Err((path, e)) => tracing::error!(build_uuid = %s.build_uuid, path = %path.display(),
+                error = %e, "failed to remove the VM's work directory; remove it by hand"),
+        }
+    } else {
+        tracing::error!(build_uuid = %s.build_uuid, execution_id = %s.id, survivors = ?swept.survivors,
+            "VM processes survived SIGKILL; kill them by hand, the work directory is kept");
+    }
+    {
+        let mut table = s.vms.lock();
+        table.running.remove(&s.id);
+        if let Some(port) = s.ssh_port {
+            table.ports.remove(&port);
+        }
+    }
+    s.done.send_replace(true);
+}
+
+/// Log how the VM ended: at info when we stopped it or the guest powered off after the agent
+/// exited with status 0, at warn otherwise, with the console's last lines.
+fn report(s: &Supervisor, ending: Ending, status: &std::io::Result<std::process::ExitStatus>) {
+    let console_path = s.dir.join(CONSOLE_FILE);
+    let agent_exit = agent_exit_code(&tail_lines(&console_path, usize::MAX)).map(str::to_owned);
+    let console = tail_lines(&console_path, CONSOLE_TAIL_LINES);
+    let (status, success) = match status {
+        Ok(st) => (st.to_string(), st.success()),
+        Err(e) => {
+            tracing::error!(build_uuid = %s.build_uuid, execution_id = %s.id, error = %e,
+                "failed to wait for the VM's QEMU");
+            return;
+        }
+    };
+    let (id, uuid) = (&s.id, &s.build_uuid);
+    match ending {
+        Ending::Own if success && agent_exit.as_deref() == Some("0") => {
+            tracing::info!(build_uuid = %uuid, execution_id = %id, %status, "VM powered off");
+        }
+        Ending::Own => {
+            let qemu = tail_lines(&s.dir.join(QEMU_LOG_FILE), 5);
+            tracing::warn!(build_uuid = %uuid, execution_id = %id, %status, qemu_stderr = %qemu,
+                agent_exit = agent_exit.as_deref().unwrap_or("(none seen)"), console = %console,
+                "VM ended without a clean agent exit");
+        }
+        Ending::Stopped => {
+            tracing::info!(build_uuid = %uuid, execution_id = %id, %status, "VM stopped");
+        }
+        Ending::Lifetime => {
+            tracing::warn!(build_uuid = %uuid, execution_id = %id, %status, console = %console,
+                "VM killed at MAX_LIFETIME_S");
+        }
+    }
+}
+
+/// The line `quarry-init` prints when the agent ends (qemu-image `guest/init.rs`), followed by
+/// its exit code.
+pub(super) const AGENT_EXITED: &str = "quarry-init: agent exited with status ";
+
+/// The agent's exit code as the console's end reports it, if it got that far.
+pub(super) fn agent_exit_code(console: &str) -> Option<&str> {
+    console
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(AGENT_EXITED))
+        .map(str::trim)
+}
+
+/// The last `n` lines of the end of `path` (empty when it cannot be read).
+pub(super) fn tail_lines(path: &Path, n: usize) -> String {
+    let read = || -> std::io::Result<String> {
+        let mut file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        file.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    let text = read().unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_last_non_empty_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CONSOLE_FILE);
+        let text: String = (1..=30).map(|i| format!("line {i}\r\n\n")).collect();
+        std::fs::write(&path, text).unwrap();
+        let tail = tail_lines(&path, 3);
+        assert_eq!(tail, "line 28\nline 29\nline 30");
+        assert_eq!(tail_lines(&dir.path().join("absent"), 3), "");
+    }
+
+    #[test]
+    fn the_agents_exit_code_is_read_from_the_console() {
+        let console = "quarry-init: agent started\nagent: done\n\
+                       quarry-init: agent exited with status 0\n\
+                       quarry-init: powering off: the agent finished\n";
+        assert_eq!(agent_exit_code(console), Some("0"));
+        let failed = "quarry-init: agent exited with status 3\n";
+        assert_eq!(agent_exit_code(failed), Some("3"));
+        assert_eq!(
+            agent_exit_code("quarry-stage1: error: no root disk\n"),
+            None
+        );
+    }
+}
