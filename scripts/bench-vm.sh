@@ -106,7 +106,7 @@ run_image() {
     "$QIMG" build --force >"$WORK/image-force.log" 2>&1 || { tail -30 "$WORK/image-force.log" >&2; return 1; }
     t1="$(now_ms)"
     dir="$("$QIMG" path)"
-    jq -n --argjson s "$(((t1 - t0)))" --arg dir "$dir" \
+    jq -n --argjson s "$((t1 - t0))" --arg dir "$dir" \
         --argjson k "$(stat -c %s "$dir/vmlinuz")" --argjson i "$(stat -c %s "$dir/initrd.img")" \
         --argjson r "$(stat -c %s "$dir/rootfs.squashfs")" \
         '{rebuild_s: ($s / 1000), dir: $dir, kernel: $k, initrd: $i, rootfs: $r}' >"$WORK/image.json"

@@ -10,7 +10,7 @@ Runs, from the workspace root:
   cargo fmt --all -- --check
   cargo clippy --workspace --all-targets --locked -- -D warnings
   RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
-  shellcheck scripts/*.sh .ci/run
+  shellcheck scripts/*.sh .ci/run qemu-image/guest/*.sh
 Stops at the first failure. Needs the tools scripts/install-deps.sh installs.
 EOF_USAGE
 }
@@ -34,4 +34,4 @@ step cargo fmt --all -- --check
 step cargo clippy --workspace --all-targets --locked -- -D warnings
 # Broken intra-doc links and missing docs on public items (#![warn(missing_docs)]) fail here.
 RUSTDOCFLAGS="-D warnings" step cargo doc --workspace --no-deps --locked --quiet
-step shellcheck scripts/*.sh .ci/run
+step shellcheck scripts/*.sh .ci/run qemu-image/guest/*.sh

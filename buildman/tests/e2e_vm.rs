@@ -364,6 +364,12 @@ async fn vm_killed_mid_build_is_retried_on_popen_and_leaves_nothing() {
     let text = messages(&logs);
     assert_eq!(view["phase"], "complete", "{view}\n{text}");
     assert_eq!(view["attempts"], 2, "{view}");
+    // The executor saw QEMU die and the manager ended the attempt at once, with the reason
+    // (not after the 60 s heartbeat TTL).
+    assert!(
+        text.contains("attempt 1 failed: the build's VM ended (QEMU signal: 9"),
+        "{text}"
+    );
     // The second attempt ran on the host (popen), so its RUN saw the host kernel.
     let kernels: Vec<&str> = text
         .lines()

@@ -61,6 +61,52 @@ async fn an_agent_whose_heartbeats_stop_is_failed_and_retried() {
 }
 
 #[tokio::test]
+async fn a_worker_that_exits_mid_build_is_retried_without_waiting_for_heartbeats() {
+    // Attempt 1: the agent reaches `building`, then its worker ends (a process that exited or a
+    // VM killed from outside). The executor reports it, and the manager ends the attempt at once:
+    // with a 60 s heartbeat TTL, waiting for the heartbeats to lapse would take far longer.
+    let exiting = manager_support::script(|job, addr| async move {
+        let mut agent = manager_support::FakeAgent::register(&job, addr)
+            .await
+            .unwrap();
+        agent.start_heartbeats(Duration::from_millis(200)).await;
+        assert!(agent.phase(P::Building).await);
+        agent.stop_heartbeats();
+    });
+    let completing = completing_agent();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let exec = FakeExecutor::new(
+        "a",
+        0,
+        Arc::new(move |job, addr| {
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                exiting(job, addr)
+            } else {
+                completing(job, addr)
+            }
+        }),
+    );
+    let mut settings = fast_settings();
+    settings.heartbeat_ttl = Duration::from_secs(60);
+    let mut h = Harness::new(settings, vec![Arc::clone(&exec)]).await;
+    h.run();
+    let started = std::time::Instant::now();
+    let build = h.submit(REPO).await;
+    let done = h
+        .wait_phase(&build.uuid, Phase::Complete, Duration::from_secs(20))
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(done.attempts, 2);
+    let log = h.log(&build.uuid).await;
+    assert!(
+        log.iter().any(|(k, m)| k.as_deref() == Some("error")
+            && m.starts_with("attempt 1 failed: the fake worker ended before the build finished")),
+        "{log:?}"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_agent_that_never_registers_ends_internalerror_after_the_last_attempt() {
     let exec = FakeExecutor::new("a", 0, manager_support::silent());
     let mut settings = fast_settings();

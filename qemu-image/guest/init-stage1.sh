@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# shellcheck shell=dash
 # Quarry builder VM, stage 1: the initramfs `/init` (busybox sh, PID 1).
 #
 # Loads the virtio, fw_cfg, squashfs and overlay modules (the Debian cloud kernel has them as

@@ -59,6 +59,48 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     fn debug_access(&self, _execution_id: &str) -> Option<String> {
         None
     }
+    /// The ends of this executor's workers that nobody asked for (the agent or VM exited, was
+    /// killed from outside, or outlived `MAX_LIFETIME_S`), so that the manager can end the
+    /// attempt at once instead of waiting for its heartbeats to lapse. `None`: this executor
+    /// cannot tell; heartbeats alone then decide.
+    fn worker_exits(&self) -> Option<tokio::sync::broadcast::Receiver<WorkerExit>> {
+        None
+    }
+}
+
+/// A worker that ended on its own (see [`Executor::worker_exits`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerExit {
+    /// The execution id `start_builder` returned.
+    pub execution_id: String,
+    /// What happened, for the build's log (e.g. "the VM's QEMU exited: signal 9 (SIGKILL)").
+    pub detail: String,
+}
+
+/// The sending side of [`Executor::worker_exits`], shared by an executor and its reaper tasks.
+#[derive(Debug)]
+pub struct WorkerExits(tokio::sync::broadcast::Sender<WorkerExit>);
+
+impl Default for WorkerExits {
+    fn default() -> Self {
+        // Exits are rare and handled at once; 256 pending is far more than a manager lags.
+        WorkerExits(tokio::sync::broadcast::channel(256).0)
+    }
+}
+
+impl WorkerExits {
+    /// Report that worker `execution_id` ended; nobody listening is fine.
+    pub fn send(&self, execution_id: &str, detail: String) {
+        let _ = self.0.send(WorkerExit {
+            execution_id: execution_id.to_owned(),
+            detail,
+        });
+    }
+
+    /// A new listener.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<WorkerExit> {
+        self.0.subscribe()
+    }
 }
 
 /// What an executor needs to start the agent of one build.

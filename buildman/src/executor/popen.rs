@@ -332,6 +332,10 @@ impl Executor for PopenExecutor {
         Ok(self.children.lock().len())
     }
 
+    fn worker_exits(&self) -> Option<tokio::sync::broadcast::Receiver<super::WorkerExit>> {
+        Some(self.children.exits.subscribe())
+    }
+
     async fn shutdown_all(&self) -> Result<(), ExecutorError> {
         let ids: Vec<String> = self.children.lock().keys().cloned().collect();
         // Ask every reaper first so the groups stop concurrently, then wait for each.

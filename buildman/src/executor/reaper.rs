@@ -23,13 +23,17 @@ const LOG_TAIL_BYTES: u64 = 2048;
 
 /// Live agents by execution id, shared by the executor and the reaper tasks.
 #[derive(Debug, Default)]
-pub(super) struct Children(Mutex<HashMap<String, Running>>);
+pub(super) struct Children {
+    map: Mutex<HashMap<String, Running>>,
+    /// Agents that ended on their own, for the manager.
+    pub(super) exits: super::WorkerExits,
+}
 
 impl Children {
     pub(super) fn lock(&self) -> MutexGuard<'_, HashMap<String, Running>> {
         // Every critical section is a single insert, remove or read: a panic cannot leave the map
         // half-updated, so a poisoned lock is still usable.
-        self.0
+        self.map
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -121,6 +125,24 @@ pub(super) async fn reap(mut r: Reaper) {
             }
         }
     };
+    match (ending, &status) {
+        (Ending::Own, Ok(s)) => r
+            .children
+            .exits
+            .send(&r.id, format!("the builder agent exited ({s})")),
+        (Ending::Own, Err(e)) => r.children.exits.send(
+            &r.id,
+            format!("the builder agent could not be waited for: {e}"),
+        ),
+        (Ending::Lifetime, _) => r.children.exits.send(
+            &r.id,
+            format!(
+                "the builder agent outlived MAX_LIFETIME_S ({} s) and was stopped",
+                r.max_lifetime.as_secs()
+            ),
+        ),
+        (Ending::Stopped, _) => {}
+    }
     // The agent is gone; whatever is left of its build goes too: its group (the group id cannot
     // be reused while any member lives), its podman service and the RUN steps, which left the
     // group. After a stop the grace has run already; after an exit of its own they get a short one.

@@ -253,11 +253,16 @@ impl Manager {
             backoff = (backoff * 2).min(RECOVERY_BACKOFF_MAX);
         }
         let (stop_tx, stop_rx) = watch::channel(false);
-        let tasks = [
+        let mut tasks = vec![
             tokio::spawn(Arc::clone(self).scheduler_loop(stop_rx.clone())),
             tokio::spawn(Arc::clone(self).event_loop(events, stop_rx.clone())),
-            tokio::spawn(Arc::clone(self).sweeper_loop(stop_rx)),
+            tokio::spawn(Arc::clone(self).sweeper_loop(stop_rx.clone())),
         ];
+        for exits in self.executors.iter().filter_map(|e| e.worker_exits()) {
+            tasks.push(tokio::spawn(
+                Arc::clone(self).worker_exit_loop(exits, stop_rx.clone()),
+            ));
+        }
         shutdown.await;
         tracing::info!("build manager stopping");
         // Receivers may be gone already if a task ended; nothing to tell them then.

@@ -9,6 +9,7 @@ use tokio::sync::{broadcast, watch};
 use super::finish::{Outcome, close};
 use super::jobs::{JobRecord, job_key, log_error, set_phase_logged};
 use super::{Manager, ManagerError, error_chain, ms};
+use crate::executor::WorkerExit;
 use crate::model::{self, Phase};
 use crate::orchestrator::{EventKind, KeyEvent};
 use crate::queue;
@@ -51,6 +52,65 @@ impl Manager {
                 }
                 Err(RecvError::Closed) => break,
             }
+        }
+    }
+
+    /// Workers that ended on their own: end their attempt now (it is retried while retries
+    /// remain) instead of after `heartbeat_ttl` without heartbeats.
+    pub(super) async fn worker_exit_loop(
+        self: Arc<Self>,
+        mut exits: broadcast::Receiver<WorkerExit>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            let exit = tokio::select! {
+                _ = stop.changed() => break,
+                e = exits.recv() => e,
+            };
+            match exit {
+                Ok(exit) => {
+                    let me = Arc::clone(&self);
+                    tokio::spawn(async move { me.on_worker_exited(exit).await });
+                }
+                // Missed exits are still caught by their heartbeats lapsing.
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "worker exit notices missed");
+                }
+                Err(RecvError::Closed) => break,
+            }
+        }
+    }
+
+    async fn on_worker_exited(&self, exit: WorkerExit) {
+        let uuid = self
+            .local_jobs()
+            .iter()
+            .find(|(_, job)| job.execution_id == exit.execution_id)
+            .map(|(uuid, _)| uuid.clone());
+        // Not a worker of a running attempt here (it finished, or was stopped): nothing to do.
+        let Some(uuid) = uuid else {
+            return;
+        };
+        let result = async {
+            let _guard = self.locks.lock(&uuid).await;
+            let Some(rec) = self.load_job(&uuid).await? else {
+                return Ok(());
+            };
+            if rec.execution_id.as_deref() != Some(exit.execution_id.as_str()) {
+                return Ok(());
+            }
+            let reason = format!(
+                "{} before the build finished (worker {})",
+                exit.detail, exit.execution_id
+            );
+            tracing::warn!(build_id = %uuid, reason = %reason, "worker ended during its build");
+            self.finish_attempt(&rec, Outcome::Incomplete { reason })
+                .await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::error!(build_id = %uuid, error = %error_chain(&e),
+                "failed to end the attempt of a worker that exited; its heartbeats will lapse");
         }
     }
 

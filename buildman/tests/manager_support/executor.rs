@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use buildman::executor::{Executor, ExecutorError, StartJob};
+use buildman::executor::{Executor, ExecutorError, StartJob, WorkerExit, WorkerExits};
 use tokio::task::JoinHandle;
 
 /// What a fake executor's worker does once started.
@@ -40,6 +40,8 @@ pub struct FakeExecutor {
     pub stops: Mutex<Vec<(String, Instant)>>,
     workers: Mutex<HashMap<String, JoinHandle<()>>>,
     counter: AtomicU32,
+    /// A worker whose script returned on its own is reported here (as a process exit is).
+    exits: Arc<WorkerExits>,
 }
 
 impl std::fmt::Debug for FakeExecutor {
@@ -62,6 +64,7 @@ impl FakeExecutor {
             stops: Mutex::new(Vec::new()),
             workers: Mutex::new(HashMap::new()),
             counter: AtomicU32::new(0),
+            exits: Arc::default(),
         })
     }
 
@@ -118,7 +121,12 @@ impl Executor for FakeExecutor {
         let id = format!("{}-{n}", job.build_uuid);
         let addr = self.addr.lock().unwrap().expect("grpc address set");
         let script = Arc::clone(&*self.script.lock().unwrap());
-        let task = tokio::spawn(script(job.clone(), addr));
+        let (exits, worker) = (Arc::clone(&self.exits), id.clone());
+        let run = script(job.clone(), addr);
+        let task = tokio::spawn(async move {
+            run.await;
+            exits.send(&worker, "the fake worker ended".to_owned());
+        });
         self.workers.lock().unwrap().insert(id.clone(), task);
         Ok(id)
     }
@@ -140,6 +148,9 @@ impl Executor for FakeExecutor {
             .values()
             .filter(|t| !t.is_finished())
             .count())
+    }
+    fn worker_exits(&self) -> Option<tokio::sync::broadcast::Receiver<WorkerExit>> {
+        Some(self.exits.subscribe())
     }
     async fn shutdown_all(&self) -> Result<(), ExecutorError> {
         for (_, task) in self.workers.lock().unwrap().drain() {

@@ -293,6 +293,12 @@ impl Executor for QemuExecutor {
         Ok(())
     }
 
+    fn worker_exits(
+        &self,
+    ) -> Option<tokio::sync::broadcast::Receiver<crate::executor::WorkerExit>> {
+        Some(self.vms.exits.subscribe())
+    }
+
     fn debug_access(&self, execution_id: &str) -> Option<String> {
         let ssh = self.vms.lock().running.get(execution_id)?.ssh?;
         Some(ssh_command(ssh))

@@ -30,7 +30,11 @@ pub(super) const QEMU_LOG_FILE: &str = "qemu.log";
 
 /// The VMs of one executor and the SSH ports they hold.
 #[derive(Debug, Default)]
-pub(super) struct Vms(Mutex<VmTable>);
+pub(super) struct Vms {
+    table: Mutex<VmTable>,
+    /// VMs that ended on their own, for the manager.
+    pub(super) exits: crate::executor::WorkerExits,
+}
 
 /// See [`Vms`].
 #[derive(Debug, Default)]
@@ -45,7 +49,7 @@ impl Vms {
     pub(super) fn lock(&self) -> MutexGuard<'_, VmTable> {
         // Every critical section is a few inserts, removes or reads: a panic cannot leave the
         // table half-updated, so a poisoned lock is still usable.
-        self.0
+        self.table
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -140,6 +144,24 @@ pub(super) async fn supervise(mut s: Supervisor) {
             }
         }
     };
+    match (ending, &status) {
+        (Ending::Own, Ok(st)) => s
+            .vms
+            .exits
+            .send(&s.id, format!("the build's VM ended (QEMU {st})")),
+        (Ending::Own, Err(e)) => s.vms.exits.send(
+            &s.id,
+            format!("the build's VM could not be waited for: {e}"),
+        ),
+        (Ending::Lifetime, _) => s.vms.exits.send(
+            &s.id,
+            format!(
+                "the build's VM outlived MAX_LIFETIME_S ({} s) and was stopped",
+                s.max_lifetime.as_secs()
+            ),
+        ),
+        (Ending::Stopped, _) => {}
+    }
     // QEMU is gone; the relays slirp started per guest connection (in sessions of their own) and
     // anything else naming the work directory go too.
     let group = Recorded {
