@@ -11,9 +11,11 @@ Usage: scripts/bench-vm.sh [--runs N] [--only image|boot] [--keep] [--no-build] 
 
 Builds buildman, builder-agent, qemu-image and quarry-init in release mode, then:
 
-image  `qemu-image build` (so the package cache is warm), then `qemu-image build --force`:
-       the time to rebuild the whole image from the warm package cache (debootstrap from
-       cached .debs, squashfs, initramfs), and the size of each file of the image.
+image  `qemu-image build` (so the package cache is warm), then
+       `qemu-image build --force --rebuild-base`: the time to rebuild the whole image from the
+       warm package cache (debootstrap from cached .debs, squashfs, initramfs), then
+       `qemu-image build --force` (only the binaries' layer: what a code change costs), and the
+       size of each file of the image.
 boot   starts `buildman serve` (temp DATA_DIR, free ports) with one executor, pushes a busybox
        base image, and N times (one at a time): uploads fixtures/builds/sample, POSTs a build,
        waits for the `unpacking` phase (builder-agent sets it right after RegisterBuildJob), and
@@ -100,16 +102,19 @@ free_port() {
 run_image() {
     echo "bench-vm: qemu-image build (warming the package cache if needed)"
     "$QIMG" build >"$WORK/image-warm.log" 2>&1 || { tail -30 "$WORK/image-warm.log" >&2; return 1; }
-    echo "bench-vm: qemu-image build --force (whole image from the warm package cache)"
-    local t0 t1 dir
+    echo "bench-vm: qemu-image build --force --rebuild-base (whole image from the warm package cache)"
+    local t0 t1 t2 dir
     t0="$(now_ms)"
-    "$QIMG" build --force >"$WORK/image-force.log" 2>&1 || { tail -30 "$WORK/image-force.log" >&2; return 1; }
+    "$QIMG" build --force --rebuild-base >"$WORK/image-force.log" 2>&1 || { tail -30 "$WORK/image-force.log" >&2; return 1; }
     t1="$(now_ms)"
+    echo "bench-vm: qemu-image build --force (binaries only)"
+    "$QIMG" build --force >"$WORK/image-binaries.log" 2>&1 || { tail -30 "$WORK/image-binaries.log" >&2; return 1; }
+    t2="$(now_ms)"
     dir="$("$QIMG" path)"
-    jq -n --argjson s "$((t1 - t0))" --arg dir "$dir" \
+    jq -n --argjson s "$((t1 - t0))" --argjson b "$((t2 - t1))" --arg dir "$dir" \
         --argjson k "$(stat -c %s "$dir/vmlinuz")" --argjson i "$(stat -c %s "$dir/initrd.img")" \
         --argjson r "$(stat -c %s "$dir/rootfs.squashfs")" \
-        '{rebuild_s: ($s / 1000), dir: $dir, kernel: $k, initrd: $i, rootfs: $r}' >"$WORK/image.json"
+        '{rebuild_s: ($s / 1000), binaries_s: ($b / 1000), dir: $dir, kernel: $k, initrd: $i, rootfs: $r}' >"$WORK/image.json"
     grep -E '^\[[0-9]+/[0-9]+\]' "$WORK/image-force.log" | sed 's/^/    /' || true
 }
 
@@ -203,7 +208,7 @@ EOF
     BASE="$ADDR/admin/busybox:latest"
     scripts/make-base-image.sh "$BASE" --creds "\$token:$TOKEN" >/dev/null
     for i in $(seq "$RUNS"); do boot_run "$label" "$i"; done
-    grep -m1 -i 'accelerator' "$dir/server.log" | sed 's/^/    /' || true
+    grep -m1 'VM accelerator: ' "$dir/server.log" | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^/    /' || true
     stop_server
 }
 
@@ -245,6 +250,7 @@ if want image && [[ -s "$WORK/image.json" ]]; then
     echo
     jq -r '"image: \(.dir)",
         "  rebuild from warm package cache   \(.rebuild_s) s",
+        "  rebuild of the binaries only      \(.binaries_s) s",
         "  vmlinuz                           \(.kernel / 1048576 * 10 | round / 10) MiB",
         "  initrd.img                        \(.initrd / 1048576 * 10 | round / 10) MiB",
         "  rootfs.squashfs                   \(.rootfs / 1048576 * 10 | round / 10) MiB",

@@ -92,6 +92,10 @@ tier_heavy() {
             return 1
         }
     done
+    ((EUID == 0)) || {
+        echo "test: the heavy tier needs root: it builds the VM image with debootstrap and runs podman as root" >&2
+        return 1
+    }
     build_bins
     # The builder VM image for the qemu executor's tests: built from Debian packages into the
     # cache outside the clone (QUARRY_CACHE_DIR, default ~/.cache/quarry), rebuilt only when an

@@ -101,7 +101,7 @@ fn redis_settings(config: &Config, redis: &RedisConfig) -> Result<RedisSettings,
     })
 }
 
-/// The executors of `config`, popen ones with their orphans from a previous run stopped.
+/// The executors of `config`, with the orphans a previous run left stopped.
 async fn executors(config: &Config) -> Result<Vec<Arc<dyn Executor>>, ServeError> {
     let work_root = config.data_dir().join("builds");
     let mut out: Vec<Arc<dyn Executor>> = Vec::new();
@@ -128,22 +128,14 @@ async fn executors(config: &Config) -> Result<Vec<Arc<dyn Executor>>, ServeError
             }
             ExecutorKind::Qemu => {
                 let options = crate::executor::qemu::QemuOptions::from_config(e);
+                // `new` stops the VMs and probe VMs a previous buildman left (and logs them)
+                // before it starts the accelerator probe, so they do not slow the probe down.
                 let qemu = crate::executor::QemuExecutor::new(s, options)
                     .await
                     .map_err(|source| ServeError::Executor {
                         name: e.name.clone(),
                         source,
                     })?;
-                let reaped = qemu
-                    .reap_orphans()
-                    .await
-                    .map_err(|source| ServeError::Executor {
-                        name: e.name.clone(),
-                        source,
-                    })?;
-                if reaped > 0 {
-                    tracing::warn!(executor = %e.name, reaped, "stopped VMs left by a previous buildman");
-                }
                 out.push(Arc::new(qemu));
             }
             other => {

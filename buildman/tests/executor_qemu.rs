@@ -3,6 +3,9 @@
 //! a stop, a QEMU killed from outside, and the VMs a crashed buildman left (reaped by the next
 //! executor) all end with no QEMU process, no work directory or pid file, and the port free.
 //!
+//! QEMU runs as `nobody` when the tests run as root (the default `VM_RUN_AS`), and the guest
+//! configuration with the token is gone from the work directory once the guest runs.
+//!
 //! The jobs point at services nobody listens on: the agent in the guest fails to register,
 //! which is fine, the tests are about the VM's lifecycle. Heavy (each VM boots under TCG on our
 //! machines): `scripts/test.sh` runs them in its heavy tier, after building the image.
@@ -12,8 +15,9 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use buildman::executor::qemu::QemuOptions;
+use buildman::executor::qemu::{QemuOptions, resolve_run_as};
 use buildman::executor::{Executor, ExecutorSettings, QemuExecutor, StartJob};
+use qemu_image::guest::AGENT_STARTED_MARKER;
 use qemu_image::spec::{Accel, Machine};
 
 /// One VM at a time: the machines have two cores.
@@ -42,6 +46,7 @@ fn settings(root: &Path) -> (ExecutorSettings, QemuOptions) {
     let mut o = QemuOptions {
         volume_size_bytes: 1 << 30,
         ssh_authorized_keys: vec![TEST_KEY.to_owned()],
+        run_as: resolve_run_as(None, nix::unistd::geteuid().is_root()),
         ..QemuOptions::default()
     };
     o.vm.memory_bytes = 512 << 20;
@@ -97,17 +102,32 @@ fn qemus_named(execution_id: &str) -> Vec<i32> {
     out
 }
 
-/// The execution's console log, once the guest has written to it (bounded wait).
-async fn wait_for_console(dir: &Path) {
-    let console = dir.join("console.log");
-    let end = Instant::now() + Duration::from_secs(120);
-    while std::fs::metadata(&console).map_or(0, |m| m.len()) == 0 {
+/// Wait (bounded) until the execution's console (kept in memory) contains `needle`; returns it.
+async fn wait_for_console(exec: &QemuExecutor, id: &str, needle: &str) -> String {
+    let end = Instant::now() + Duration::from_secs(180);
+    loop {
+        let console = exec.console(id).unwrap_or_default();
+        if console.contains(needle) {
+            return console;
+        }
         assert!(
             Instant::now() < end,
-            "the guest wrote nothing to {console:?}"
+            "the guest's console never showed {needle:?}:\n{console}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The real and effective uids of `pid` (`/proc/<pid>/status`).
+fn uids_of(pid: i32) -> (u32, u32) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    let ids: Vec<u32> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|n| n.parse().unwrap())
+        .collect();
+    (ids[0], ids[1])
 }
 
 /// Wait (bounded) until nothing of `id` is left in `work_root`.
@@ -177,10 +197,26 @@ async fn a_started_vm_runs_under_its_name_and_a_stop_leaves_nothing() {
     assert_eq!(exec.running_builders_count().await.unwrap(), 1);
     let port = ssh_port_of(&exec, &id);
     let dir = work_root.join(&id);
-    for f in ["scratch.img", "config.json"] {
-        assert!(dir.join(f).is_file(), "{f} in the work dir");
+    assert!(
+        dir.join("scratch.img").is_file(),
+        "scratch disk in the work dir"
+    );
+    let console = wait_for_console(&exec, &id, AGENT_STARTED_MARKER).await;
+    eprintln!("agent started {:?} after start", started.elapsed());
+    assert!(console.len() <= 64 * 1024);
+    // The token's file is gone once QEMU read it, and nothing of the console is on disk.
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(!files.iter().any(|f| f == "config.json"), "{files:?}");
+    assert!(!files.iter().any(|f| f.contains("console")), "{files:?}");
+    // QEMU dropped root after opening its files.
+    let pid = qemus_named(&id)[0];
+    if nix::unistd::geteuid().is_root() {
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        assert_eq!(uids_of(pid), (nobody.uid.as_raw(), nobody.uid.as_raw()));
     }
-    wait_for_console(&dir).await;
     // QEMU listens on the SSH forward.
     assert!(!port_is_free(port), "port {port} is not held by the VM");
     let stopping = Instant::now();
@@ -203,7 +239,7 @@ async fn a_vm_killed_from_outside_is_cleaned_up_by_its_supervisor() {
     let exec = executor(s, forced(o)).await;
     let id = exec.start_builder(&job("vmkill")).await.unwrap();
     let port = ssh_port_of(&exec, &id);
-    wait_for_console(&work_root.join(&id)).await;
+    wait_for_console(&exec, &id, "quarry").await;
     let pids = qemus_named(&id);
     assert_eq!(pids.len(), 1);
     nix::sys::signal::kill(
@@ -285,13 +321,11 @@ async fn the_agent_in_the_vm_dials_buildman_through_the_forward() {
     let id = exec.start_builder(&job).await.unwrap();
     let port = ssh_port_of(&exec, &id);
     let accepted = tokio::time::timeout(Duration::from_secs(180), grpc.accept()).await;
-    let console = std::fs::read_to_string(work_root.join(&id).join("console.log"));
+    let console = exec.console(&id).unwrap_or_default();
     assert!(
         matches!(accepted, Ok(Ok(_))),
-        "no connection from the guest's agent: {accepted:?}\nconsole:\n{}",
-        console.as_deref().unwrap_or_default()
+        "no connection from the guest's agent: {accepted:?}\nconsole:\n{console}"
     );
-    let console = console.unwrap_or_default();
     let tail: Vec<&str> = console.lines().rev().take(5).collect();
     eprintln!(
         "agent connected {:?} after start; console ends {tail:?}",
@@ -317,7 +351,7 @@ fn vms_of_a_crashed_buildman_are_reaped_by_the_next_one() {
         let exec = executor(s.clone(), o.clone()).await;
         let id = exec.start_builder(&job("vmorphan")).await.unwrap();
         let port = ssh_port_of(&exec, &id);
-        wait_for_console(&work_root.join(&id)).await;
+        wait_for_console(&exec, &id, "quarry").await;
         std::mem::forget(exec);
         (id, port)
     });
@@ -325,10 +359,11 @@ fn vms_of_a_crashed_buildman_are_reaped_by_the_next_one() {
     assert_eq!(qemus_named(&id).len(), 1, "the orphaned VM runs on");
     assert!(work_root.join(format!("{id}.pid")).is_file());
     rt.block_on(async {
-        let exec = executor(s, o).await;
+        // Making the executor reaps the orphan before it would probe.
         let started = Instant::now();
-        assert_eq!(exec.reap_orphans().await.unwrap(), 1);
-        eprintln!("reap_orphans: {:?}", started.elapsed());
+        let exec = executor(s, o).await;
+        eprintln!("new executor (reaping included): {:?}", started.elapsed());
+        assert_eq!(exec.orphans_reaped(), 1);
         nothing_left(&work_root, &id, port).await;
         assert_eq!(
             exec.reap_orphans().await.unwrap(),

@@ -115,18 +115,24 @@ pub fn plan(opts: &BootOptions, dir: &Path) -> Result<(VmSpec, GuestConfig), Boo
         kernel_args: vec![],
         tsc_khz: opts.detection.tsc_khz,
         config_file: Some(dir.join("config.json")),
-        console_log: dir.join("console.log"),
+        console_log: Some(dir.join(CONSOLE_FILE)),
         network: opts.network,
         ssh_forward: opts
             .ssh_port
             .map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p))),
         guest_forwards: plan.qemu,
-        relay: vec![],
+        relay: None,
+        max_open_files: None,
+        run_as: None,
+        sandbox: false,
         qmp_socket: None,
         pidfile: None,
     };
     Ok((spec, config))
 }
+
+/// The console log's name in the boot's temporary directory.
+const CONSOLE_FILE: &str = "console.log";
 
 /// Boots the VM, copies its console to `out` until QEMU exits, and removes every file. SIGINT,
 /// SIGTERM and SIGHUP stop QEMU (SIGTERM to its process group, then SIGKILL after 5 s); the
@@ -144,7 +150,8 @@ pub fn run(opts: &BootOptions, out: &mut dyn Write) -> Result<ExitStatus, BootEr
     if let Some(config_file) = &spec.config_file {
         vm::write_config(config_file, &config)?;
     }
-    File::create(&spec.console_log).map_err(io("create the console log"))?;
+    let console_log = dir.path().join(CONSOLE_FILE);
+    File::create(&console_log).map_err(io("create the console log"))?;
 
     // Signals only set flags (signal-hook, safe), which the loop below polls; a blocked signal
     // mask with a signalfd would be inherited by QEMU, which then ignores SIGTERM. The handlers
@@ -163,7 +170,7 @@ pub fn run(opts: &BootOptions, out: &mut dyn Write) -> Result<ExitStatus, BootEr
             }
         }
     }
-    let result = supervise(&spec, &stop, out);
+    let result = supervise(&spec, &console_log, &stop, out);
     for id in ids {
         signal_hook::low_level::unregister(id);
     }
@@ -172,11 +179,12 @@ pub fn run(opts: &BootOptions, out: &mut dyn Write) -> Result<ExitStatus, BootEr
 
 fn supervise(
     spec: &VmSpec,
+    console_log: &Path,
     stop: &AtomicBool,
     out: &mut dyn Write,
 ) -> Result<ExitStatus, BootError> {
     let io = |what| move |source| BootError::Io { what, source };
-    let mut console = File::open(&spec.console_log).map_err(io("open the console log"))?;
+    let mut console = File::open(console_log).map_err(io("open the console log"))?;
     let mut child = vm::command(spec)
         .stderr(Stdio::inherit())
         .spawn()

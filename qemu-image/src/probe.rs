@@ -19,6 +19,11 @@ use crate::image::Image;
 use crate::spec::{Accel, Machine, NetworkMode, VmSpec};
 use crate::vm::{command, tail};
 
+mod orphans;
+mod tsc;
+pub use orphans::reap_orphans;
+pub use tsc::{TscSource, cpu_khz, tsc_khz};
+
 /// How [`detect`] decides.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeOptions {
@@ -50,7 +55,7 @@ pub struct Detection {
     pub accel: Accel,
     /// The machine type to run builds with.
     pub machine: Machine,
-    /// `tsc_early_khz=` for the kernel (TCG only; from the host's `/proc/cpuinfo`).
+    /// `tsc_early_khz=` for the kernel (TCG only; see [`tsc_khz`]).
     pub tsc_khz: Option<u64>,
     /// Human-readable reasons, with the probe times.
     pub notes: Vec<String>,
@@ -102,12 +107,22 @@ pub fn detect(qemu: &Path, image: &Image, opts: &ProbeOptions) -> Detection {
     let tsc_khz = match accel {
         Accel::Kvm => None,
         Accel::Tcg => {
-            let khz = cpu_khz();
-            if khz.is_none() {
-                notes
-                    .push("no \"cpu MHz\" in /proc/cpuinfo: microvm under tcg may hang".to_owned());
+            let khz = tsc::tsc_khz();
+            match khz {
+                None => notes.push(
+                    "no TSC frequency in the kernel log or /proc/cpuinfo: microvm under tcg may \
+                     hang"
+                        .to_owned(),
+                ),
+                Some((khz, TscSource::CpuInfo)) => notes.push(format!(
+                    "TSC {khz} kHz from /proc/cpuinfo \"cpu MHz\" (no kernel calibration \
+                     in /dev/kmsg): wrong if the CPU clock scales"
+                )),
+                Some((khz, TscSource::KernelLog)) => {
+                    notes.push(format!("TSC {khz} kHz from the kernel's calibration"));
+                }
             }
-            khz
+            khz.map(|(khz, _)| khz)
         }
     };
     let machine = match opts.machine {
@@ -157,21 +172,6 @@ pub fn detect(qemu: &Path, image: &Image, opts: &ProbeOptions) -> Detection {
     }
 }
 
-/// The host CPU's clock in kHz from the first `cpu MHz` line of `/proc/cpuinfo`: the
-/// `tsc_early_khz=` value for TCG guests.
-pub fn cpu_khz() -> Option<u64> {
-    parse_cpu_khz(&std::fs::read_to_string("/proc/cpuinfo").ok()?)
-}
-
-fn parse_cpu_khz(cpuinfo: &str) -> Option<u64> {
-    let line = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?;
-    let mhz = line.split_once(':')?.1.trim();
-    let (whole, frac) = mhz.split_once('.').unwrap_or((mhz, ""));
-    let frac3: String = frac.chars().chain("000".chars()).take(3).collect();
-    let khz = whole.parse::<u64>().ok()? * 1000 + frac3.parse::<u64>().ok()?;
-    (khz > 0).then_some(khz)
-}
-
 /// One probe boot's result.
 #[derive(Debug)]
 struct ProbeRun {
@@ -208,7 +208,11 @@ fn boot(
         elapsed: started.elapsed(),
         detail,
     };
-    let dir = match tempfile::Builder::new().prefix("quarry-probe-").tempdir() {
+    let name = orphans::probe_name(std::process::id());
+    let dir = match tempfile::Builder::new()
+        .prefix(&format!("{name}-"))
+        .tempdir()
+    {
         Ok(dir) => dir,
         Err(e) => return fail(format!("cannot create a temporary directory: {e}")),
     };
@@ -216,7 +220,7 @@ fn boot(
     let stderr_path = dir.path().join("qemu.stderr");
     let spec = VmSpec {
         qemu_binary: qemu.to_owned(),
-        name: format!("quarry-probe-{}", std::process::id()),
+        name,
         machine,
         accel,
         memory_mib: PROBE_MEMORY_MIB,
@@ -228,11 +232,14 @@ fn boot(
         kernel_args: vec!["quarry.probe=1".to_owned()],
         tsc_khz,
         config_file: None,
-        console_log: console.clone(),
+        console_log: Some(console.clone()),
         network: NetworkMode::Restricted,
         ssh_forward: None,
         guest_forwards: vec![],
-        relay: vec![],
+        relay: None,
+        max_open_files: None,
+        run_as: None,
+        sandbox: false,
         qmp_socket: None,
         pidfile: None,
     };
@@ -325,20 +332,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpu_khz_from_cpuinfo() {
-        let info = "processor\t: 0\nmodel name\t: X\ncpu MHz\t\t: 2445.43\ncache size\t: 1 KB\ncpu MHz\t\t: 1.0\n";
-        assert_eq!(parse_cpu_khz(info), Some(2_445_430));
-        assert_eq!(parse_cpu_khz("cpu MHz\t: 3000\n"), Some(3_000_000));
-        assert_eq!(parse_cpu_khz("cpu MHz\t: 1999.9999\n"), Some(1_999_999));
-        assert_eq!(parse_cpu_khz("model name: x\n"), None);
-        assert_eq!(parse_cpu_khz("cpu MHz: fast\n"), None);
-        assert!(
-            cpu_khz().is_some_and(|k| k > 100_000),
-            "this host's /proc/cpuinfo has cpu MHz"
-        );
-    }
-
-    #[test]
     fn forced_accel_and_machine_skip_every_probe() {
         // A QEMU that does not exist proves nothing was started.
         let opts = ProbeOptions {
@@ -353,7 +346,9 @@ mod tests {
         );
         assert_eq!((d.accel, d.machine), (Accel::Tcg, Machine::Q35));
         assert!(d.tsc_khz.is_some());
-        assert_eq!(d.notes.len(), 2, "{:?}", d.notes);
+        // Forced accelerator, TSC source, forced machine.
+        assert_eq!(d.notes.len(), 3, "{:?}", d.notes);
+        assert!(d.notes[1].starts_with("TSC "), "{:?}", d.notes);
     }
 
     #[test]

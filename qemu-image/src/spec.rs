@@ -93,17 +93,29 @@ pub struct VmSpec {
     pub tsc_khz: Option<u64>,
     /// The [`crate::guest::GuestConfig`] JSON file, passed as `fw_cfg` `opt/quarry/config`.
     pub config_file: Option<PathBuf>,
-    /// Where the guest's console (serial) output goes.
-    pub console_log: PathBuf,
+    /// Where the guest's console (serial) output goes: `Some(file)` appends it to that file;
+    /// `None` writes it to QEMU's stdout, for the caller to read from a pipe with a bounded
+    /// buffer ([`crate::vm::command`] then leaves stdout for the caller to set).
+    pub console_log: Option<PathBuf>,
     /// Network mode.
     pub network: NetworkMode,
     /// Host address forwarded to the guest's SSH port 22 (`127.0.0.1:2222`); `None`: none.
     pub ssh_forward: Option<SocketAddr>,
     /// Guest-to-host relays.
     pub guest_forwards: Vec<GuestFwd>,
-    /// The relay program run per guest connection with the host service as its one argument
-    /// (`host:port`); it copies stdin/stdout to that service. Default: `socat` (see cmdline).
-    pub relay: Vec<String>,
+    /// The `socat` binary libslirp runs per guest connection to relay it to the host service
+    /// (`<socat> -lf /dev/null STDIO TCP:<host>:<port>,connect-timeout=10`); `None`: `socat`
+    /// from `PATH`.
+    pub relay: Option<PathBuf>,
+    /// Runs QEMU under `prlimit --nofile=N:N`, bounding the open files (and so the slirp sockets
+    /// of the per-connection relays) a guest can make QEMU hold; `None`: inherited limit.
+    pub max_open_files: Option<u64>,
+    /// `-runas USER`: QEMU opens its disks, `fw_cfg` file and chardevs as the caller, then drops
+    /// to this user before the guest runs; `None`: stays the caller.
+    pub run_as: Option<String>,
+    /// `-sandbox on,...`: QEMU's seccomp filter ([`crate::cmdline::SANDBOX`], or
+    /// [`crate::cmdline::SANDBOX_WITH_RUNAS`] with `run_as`).
+    pub sandbox: bool,
     /// QMP control socket, if any.
     pub qmp_socket: Option<PathBuf>,
     /// `-pidfile`, if any.

@@ -60,12 +60,26 @@ pub enum VmError {
 }
 
 /// The QEMU process for `spec`: its argument list from [`qemu_args`], a cleared environment but
-/// `PATH` (libslirp finds the relay through it), stdin, stdout and stderr null (set them again
-/// to capture QEMU's own messages), and its own process group. libslirp starts each relay in a
-/// session of its own (`setsid`), so the group does not hold them: a relay ends by itself when
-/// QEMU is gone (its stdin, the guest connection, reaches EOF; seen within 2 s after SIGKILL).
+/// `PATH` (libslirp finds the relay through it), stdin and stderr null, stdout null when the
+/// console goes to a file (with `console_log: None` the caller sets stdout, e.g. a pipe), and its
+/// own process group. libslirp starts each relay in a session of its own (`setsid`), so the
+/// group does not hold them: a relay ends by itself when QEMU is gone (its stdin, the guest
+/// connection, reaches EOF; seen within 2 s after SIGKILL).
+///
+/// With [`VmSpec::max_open_files`] the program is `prlimit --nofile=N:N -- <qemu> ...`: prlimit
+/// sets the limit and execs QEMU (same pid). Not `pre_exec` + `setrlimit`: that needs `unsafe`,
+/// which the workspace forbids. The relays QEMU forks inherit the limit too.
 pub fn command(spec: &VmSpec) -> Command {
-    let mut cmd = Command::new(&spec.qemu_binary);
+    let mut cmd = match spec.max_open_files {
+        Some(n) => {
+            let mut cmd = Command::new(find_tool("prlimit"));
+            cmd.arg(format!("--nofile={n}:{n}"))
+                .arg("--")
+                .arg(&spec.qemu_binary);
+            cmd
+        }
+        None => Command::new(&spec.qemu_binary),
+    };
     cmd.args(qemu_args(spec))
         .env_clear()
         .env(
@@ -73,9 +87,11 @@ pub fn command(spec: &VmSpec) -> Command {
             std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
         )
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0);
+    if spec.console_log.is_some() {
+        cmd.stdout(Stdio::null());
+    }
     cmd
 }
 
@@ -296,11 +312,14 @@ mod tests {
             kernel_args: vec![],
             tsc_khz: None,
             config_file: None,
-            console_log: PathBuf::from("/c"),
+            console_log: Some(PathBuf::from("/c")),
             network: NetworkMode::Restricted,
             ssh_forward: None,
             guest_forwards: vec![],
-            relay: vec![],
+            relay: None,
+            max_open_files: None,
+            run_as: None,
+            sandbox: false,
             qmp_socket: None,
             pidfile: None,
         };
@@ -308,6 +327,18 @@ mod tests {
         assert_eq!(cmd.get_program(), "/usr/bin/qemu-system-x86_64");
         let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
         assert_eq!(args, qemu_args(&spec));
+        assert!(cmd.get_current_dir().is_none());
+
+        let mut limited = spec.clone();
+        limited.max_open_files = Some(64);
+        let cmd = command(&limited);
+        assert!(cmd.get_program().to_string_lossy().ends_with("prlimit"));
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+        assert_eq!(
+            args[..3],
+            ["--nofile=64:64", "--", "/usr/bin/qemu-system-x86_64"]
+        );
+        assert_eq!(args[3..], qemu_args(&limited));
         let envs: Vec<_> = cmd
             .get_envs()
             .filter(|(_, v)| v.is_some())

@@ -50,7 +50,12 @@ impl Drop for Vm {
 
 impl Vm {
     fn console(&self) -> String {
-        std::fs::read_to_string(&self.spec.console_log).unwrap_or_default()
+        let log = self
+            .spec
+            .console_log
+            .as_ref()
+            .expect("boot::plan logs to a file");
+        std::fs::read_to_string(log).unwrap_or_default()
     }
 
     /// Polls the console until it contains `text`; panics with the console after `deadline`.

@@ -11,7 +11,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use qemu_image::guest::PROBE_MARKER;
@@ -27,7 +27,14 @@ fn require(tool: &str) {
     );
 }
 
+/// The image, built once per test process: the tests run in parallel threads and must not
+/// build (and prune) concurrently.
 fn built_image() -> Image {
+    static BUILT: OnceLock<Image> = OnceLock::new();
+    BUILT.get_or_init(build_image).clone()
+}
+
+fn build_image() -> Image {
     for tool in [
         "debootstrap",
         "mksquashfs",

@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
@@ -28,6 +30,14 @@ use qemu_image::spec::{Accel, Machine, NetworkMode};
 use qemu_image::vm;
 
 const QEMU: &str = "qemu-system-x86_64";
+
+/// The tests of this file run one at a time: the probe test asserts that no QEMU child is left,
+/// which another test's running VM (same process) would break.
+static VM_LOCK: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    VM_LOCK.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 fn current_image() -> Image {
     image::current(&image::cache_dir())
@@ -57,6 +67,7 @@ fn qemu_children() -> Vec<i32> {
 #[test]
 #[ignore = "heavy: boots probe VMs under TCG (about 15 s)"]
 fn probe_picks_tcg_and_microvm_and_leaves_no_qemu() {
+    let _serial = serial();
     let image = current_image();
     let started = Instant::now();
     let d = probe::detect(Path::new(QEMU), &image, &ProbeOptions::default());
@@ -83,6 +94,7 @@ fn probe_picks_tcg_and_microvm_and_leaves_no_qemu() {
 #[test]
 #[ignore = "heavy: boots a full VM under TCG (about 30 s)"]
 fn restricted_guest_reaches_a_host_service_through_its_relay() {
+    let _serial = serial();
     let image = current_image();
     let host = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = host.local_addr().unwrap().port();
@@ -128,12 +140,54 @@ fn restricted_guest_reaches_a_host_service_through_its_relay() {
         services: vec![format!("127.0.0.1:{port}")],
     };
     let dir = tempfile::tempdir().unwrap();
-    let (spec, config) = boot::plan(&opts, dir.path()).unwrap();
+    let (mut spec, config) = boot::plan(&opts, dir.path()).unwrap();
+    // Hardened as buildman runs it: unprivileged, seccomp, bounded files, console on a pipe.
+    spec.run_as = Some("nobody".to_owned());
+    spec.sandbox = true;
+    spec.max_open_files = Some(256);
+    spec.console_log = None;
     vm::make_scratch(spec.scratch.as_ref().unwrap(), opts.scratch_bytes).unwrap();
     vm::write_config(spec.config_file.as_ref().unwrap(), &config).unwrap();
     let started = Instant::now();
-    let mut child = vm::command(&spec).spawn().unwrap();
+    let mut child = vm::command(&spec)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let group = Pid::from_raw(i32::try_from(child.id()).unwrap());
+    let mut stdout = child.stdout.take().unwrap();
+    let console_reader = std::thread::spawn(move || {
+        let mut console = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || console.len() > 1 << 20 {
+                break;
+            }
+            console.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&console).into_owned()
+    });
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    // QEMU dropped to `nobody` once the guest runs.
+    std::thread::sleep(Duration::from_secs(2));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(
+        uid_line.split_whitespace().collect::<Vec<_>>(),
+        ["Uid:", "65534", "65534", "65534", "65534"],
+        "{status}"
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let nofile = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(nofile.split_whitespace().nth(3), Some("256"), "{nofile}");
 
     host.set_nonblocking(true).unwrap();
     let deadline = Duration::from_secs(120);
@@ -158,8 +212,12 @@ fn restricted_guest_reaches_a_host_service_through_its_relay() {
     });
     let _ = killpg(group, Signal::SIGKILL);
     let _ = child.wait();
-    let console = std::fs::read_to_string(&spec.console_log).unwrap_or_default();
-    eprintln!("guest connected after {connected_after:?}\n--- console ---\n{console}");
+    let console = console_reader.join().unwrap();
+    let stderr = stderr_reader.join().unwrap();
+    eprintln!(
+        "guest connected after {connected_after:?}\n--- qemu stderr ---\n{stderr}\n\
+         --- console ---\n{console}"
+    );
     let preface = read
         .unwrap_or_else(|| panic!("no connection from the guest within {deadline:?}"))
         .expect("reading the agent's first bytes");

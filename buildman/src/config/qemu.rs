@@ -24,6 +24,7 @@ pub(super) const QEMU_KEYS: &[&str] = &[
     "VM_DNS_SERVERS",
     "SSH_PORT",
     "SSH_BIND_ADDRESS",
+    "VM_RUN_AS",
 ];
 
 /// Default `QEMU_BINARY`, looked up in `PATH`.
@@ -59,8 +60,13 @@ pub struct QemuSettings {
     pub dns_servers: Vec<IpAddr>,
     /// `SSH_PORT`: the first host port tried for a debug VM's SSH forward (default 2222).
     pub ssh_port: u16,
-    /// `SSH_BIND_ADDRESS`: the host address the SSH forward listens on (default 127.0.0.1).
+    /// `SSH_BIND_ADDRESS`: the host address the SSH forward listens on (default 127.0.0.1);
+    /// always IPv4 (QEMU's `hostfwd` listens on IPv4 only here).
     pub ssh_bind_address: IpAddr,
+    /// `VM_RUN_AS` as written: the user QEMU drops to (`-runas`) after opening its files.
+    /// `None` (unset): `nobody` when buildman runs as root, no drop otherwise; `Some("")`: no
+    /// drop. The executor resolves it at start and checks that the user exists.
+    pub run_as: Option<String>,
 }
 
 impl Default for QemuSettings {
@@ -76,6 +82,7 @@ impl Default for QemuSettings {
             dns_servers: Vec::new(),
             ssh_port: DEFAULT_SSH_PORT,
             ssh_bind_address: IpAddr::from([127, 0, 0, 1]),
+            run_as: None,
         }
     }
 }
@@ -111,9 +118,15 @@ impl QemuSettings {
         };
         let dns_servers = parse_dns(r, ctx, network);
         let ssh_bind_address = r.string(ctx, "SSH_BIND_ADDRESS").and_then(|s| {
-            let ip = s.trim().parse::<IpAddr>().ok();
+            // QEMU's `hostfwd` takes an IPv4 listen address only (no IPv6 host forwards in
+            // the QEMU 7.2 on these machines): refuse IPv6 here rather than fail every start.
+            let ip = s.trim().parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4);
             if ip.is_none() {
-                let expected = "an IP address such as 127.0.0.1";
+                let expected = if s.trim().parse::<std::net::Ipv6Addr>().is_ok() {
+                    "an IPv4 address such as 127.0.0.1 (QEMU forwards SSH from IPv4 only)"
+                } else {
+                    "an IPv4 address such as 127.0.0.1"
+                };
                 ctx.wrong(r.key("SSH_BIND_ADDRESS"), expected, &Value::String(s));
             }
             ip
@@ -134,6 +147,7 @@ impl QemuSettings {
             dns_servers,
             ssh_port: r.port(ctx, "SSH_PORT").unwrap_or(d.ssh_port),
             ssh_bind_address: ssh_bind_address.unwrap_or(d.ssh_bind_address),
+            run_as: r.string(ctx, "VM_RUN_AS").map(|s| s.trim().to_owned()),
         }
     }
 }
@@ -205,7 +219,7 @@ mod tests {
             "EXECUTOR: qemu\nVM_IMAGE: /srv/img\nQEMU_BINARY: /opt/q\nVM_MEMORY: 512M\n\
              VM_CPUS: 1\nVM_ACCEL: tcg\nVM_MACHINE: q35\nVM_NETWORK: user\n\
              VM_DNS_SERVERS: [1.1.1.1]\nSSH_PORT: 3000\nSSH_BIND_ADDRESS: 0.0.0.0\n\
-             VOLUME_SIZE: 4G\n",
+             VOLUME_SIZE: 4G\nVM_RUN_AS: qemu\n",
         );
         assert!(ctx.problems.is_empty(), "{:?}", problems(&ctx));
         let q = e.unwrap().qemu;
@@ -219,6 +233,14 @@ mod tests {
         assert_eq!(q.dns_servers, [IpAddr::from([1, 1, 1, 1])]);
         assert_eq!(q.ssh_port, 3000);
         assert_eq!(q.ssh_bind_address.to_string(), "0.0.0.0");
+        assert_eq!(q.run_as.as_deref(), Some("qemu"));
+        let (e, ctx) = parse("EXECUTOR: qemu\nVM_RUN_AS: ''\n");
+        assert_eq!(
+            e.unwrap().qemu.run_as.as_deref(),
+            Some(""),
+            "empty: no drop"
+        );
+        assert!(ctx.problems.is_empty());
         let (_, ctx) = parse("EXECUTOR: qemu\nVM_ACCEL: auto\nVM_MACHINE: auto\n");
         assert!(ctx.problems.is_empty());
     }
@@ -235,10 +257,22 @@ mod tests {
                 "EXECUTORS[0].VM_MEMORY: expected a size of at least 256M, such as 2G, got \"64M\"",
                 "EXECUTORS[0].VM_ACCEL: expected one of auto, kvm, tcg, got \"hvf\"",
                 "EXECUTORS[0].VM_NETWORK: expected one of restricted, user, got \"nat\"",
-                "EXECUTORS[0].SSH_BIND_ADDRESS: expected an IP address such as 127.0.0.1, got \
+                "EXECUTORS[0].SSH_BIND_ADDRESS: expected an IPv4 address such as 127.0.0.1, got \
                  \"localhost\"",
                 "EXECUTORS[0].VM_CPUS: expected a whole number of vCPUs, 1 to 64, got 0",
                 "EXECUTORS[0].SSH_PORT: expected an integer port 1-65535, got 70000",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_ipv6_ssh_bind_address_is_refused_with_the_reason() {
+        let (_, ctx) = parse("EXECUTOR: qemu\nSSH_BIND_ADDRESS: '::1'\n");
+        assert_eq!(
+            problems(&ctx),
+            [
+                "EXECUTORS[0].SSH_BIND_ADDRESS: expected an IPv4 address such as 127.0.0.1 (QEMU \
+                 forwards SSH from IPv4 only), got \"::1\""
             ]
         );
     }

@@ -6,14 +6,15 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use super::cache::{BASE_DIR, DEBS_DIR, IMAGES_DIR, prune, set_current};
+use super::cache::{BASE_DIR, DEBS_DIR, IMAGES_DIR, prune, remove_dir_all, set_current};
 use super::debs::{self, BUSYBOX_PATH, DebError};
 use super::initrd::{InitrdError, InitrdSpec, write_initrd};
 use super::inputs::{
     BASE_RECIPE_VERSION, Inputs, PACKAGES_TXT, RECIPE_VERSION, STAGE1_SCRIPT, SUITE,
-    parse_packages, sha256_file, sha256_hex,
+    base_recipe_sha256, parse_packages, recipe_sha256, sha256_file, sha256_hex,
 };
 use super::manifest::{KernelInfo, Manifest, file_entry};
 use super::rootfs::{self, RootfsError};
@@ -117,6 +118,13 @@ impl Progress<'_> {
     }
 }
 
+/// A number unique among this process's builds: with the pid it names a build's staging
+/// directory, so concurrent builds in one process (parallel tests) never share one.
+fn next_build() -> u64 {
+    static BUILDS: AtomicU64 = AtomicU64::new(0);
+    BUILDS.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Builds (or finds) the image for `opts`; returns it verified, pointed to by `current`.
 pub fn build(opts: &BuildOptions, out: &mut dyn Write) -> Result<Image, BuildError> {
     let mut p = Progress {
@@ -138,10 +146,12 @@ pub fn build(opts: &BuildOptions, out: &mut dyn Write) -> Result<Image, BuildErr
     // Everything is made below one staging directory, renamed to the image id at the end. The
     // binaries are copied in first and hashed there, so a concurrent `cargo build` replacing them
     // cannot make the image disagree with its manifest.
-    let staging = images.join(format!(".build.tmp-{}", std::process::id()));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(io("removing", &staging))?;
-    }
+    let staging = images.join(format!(
+        ".build-{}.tmp-{}",
+        next_build(),
+        std::process::id()
+    ));
+    remove_dir_all(&staging).map_err(io("removing", &staging))?;
     let work = staging.join("work");
     std::fs::create_dir_all(&work).map_err(io("creating", &work))?;
     let snapshot = |what, from: &Path, name: &str| {
@@ -157,18 +167,35 @@ pub fn build(opts: &BuildOptions, out: &mut dyn Write) -> Result<Image, BuildErr
     };
     let (agent, agent_sha256) = snapshot("the agent binary", &opts.agent, "builder-agent")?;
     let (init, init_sha256) = snapshot("the quarry-init binary", &opts.init, "quarry-init")?;
-    let kernel_pkg = debs::resolve_kernel()?;
+    let kernel_pkg = match debs::resolve_kernel() {
+        Ok(pkg) => pkg,
+        Err(first) => {
+            // A host without apt lists (fresh container) cannot resolve the kernel: update once.
+            let _ = write!(
+                p.out,
+                "no kernel in apt's lists ({first}): running apt-get update ... "
+            );
+            let _ = p.out.flush();
+            debs::apt_update()?;
+            debs::resolve_kernel()?
+        }
+    };
+    let packages = parse_packages(PACKAGES_TXT);
+    let package_versions = debs::candidate_versions(&packages)?;
     let inputs = Inputs {
         recipe_version: RECIPE_VERSION,
         base_recipe_version: BASE_RECIPE_VERSION,
         suite: SUITE.to_string(),
-        packages: parse_packages(PACKAGES_TXT),
+        packages,
         kernel_package: kernel_pkg.name.clone(),
         kernel_version: kernel_pkg.version.clone(),
         busybox_version: debs::busybox_version()?,
         agent_sha256,
         init_sha256,
         stage1_sha256: sha256_hex(STAGE1_SCRIPT.as_bytes()),
+        recipe_sha256: recipe_sha256(),
+        base_recipe_sha256: base_recipe_sha256(),
+        package_versions,
     };
     let id = inputs.id();
     let final_dir = images.join(&id);
@@ -176,7 +203,7 @@ pub fn build(opts: &BuildOptions, out: &mut dyn Write) -> Result<Image, BuildErr
         && final_dir.join(MANIFEST_FILE).is_file()
         && let Ok(image) = Image::open(&final_dir)
     {
-        std::fs::remove_dir_all(&staging).map_err(io("removing", &staging))?;
+        remove_dir_all(&staging).map_err(io("removing", &staging))?;
         p.done(&format!("image {id} exists and verifies, nothing to build"));
         set_current(&images, &id).map_err(io("linking current to", &final_dir))?;
         return Ok(image);
@@ -222,7 +249,7 @@ pub fn build(opts: &BuildOptions, out: &mut dyn Write) -> Result<Image, BuildErr
         &init,
     )?;
     rootfs::mksquashfs(&tree, &staging.join(ROOTFS_FILE), FIXED_MTIME)?;
-    std::fs::remove_dir_all(&work).map_err(io("removing", &work))?;
+    remove_dir_all(&work).map_err(io("removing", &work))?;
     p.done("");
 
     p.start("manifest");
@@ -250,7 +277,12 @@ pub fn build(opts: &BuildOptions, out: &mut dyn Write) -> Result<Image, BuildErr
     set_current(&images, &id).map_err(io("linking current to", &final_dir))?;
     let pruned = prune(&images).map_err(io("pruning", &images))?;
     let image = Image::open(&final_dir)?;
-    p.done(&format!("pruned {} old", pruned.len()));
+    let in_use = if pruned.in_use.is_empty() {
+        String::new()
+    } else {
+        format!(", kept {} still in use", pruned.in_use.len())
+    };
+    p.done(&format!("pruned {} old{in_use}", pruned.deleted.len()));
     Ok(image)
 }
 
@@ -258,13 +290,17 @@ pub fn build(opts: &BuildOptions, out: &mut dyn Write) -> Result<Image, BuildErr
 /// (another build of the same inputs finished first) it is kept if it verifies.
 fn install(staging: &Path, final_dir: &Path, force: bool) -> Result<(), BuildError> {
     if !force && Image::open(final_dir).is_ok() {
-        std::fs::remove_dir_all(staging).map_err(io("removing", staging))?;
+        remove_dir_all(staging).map_err(io("removing", staging))?;
     } else if final_dir.exists() {
         let name = final_dir.file_name().unwrap_or_default().to_string_lossy();
-        let old = final_dir.with_file_name(format!(".{name}.tmp-old-{}", std::process::id()));
+        let old = final_dir.with_file_name(format!(
+            ".{name}-{}.tmp-old-{}",
+            next_build(),
+            std::process::id()
+        ));
         std::fs::rename(final_dir, &old).map_err(io("moving aside", final_dir))?;
         std::fs::rename(staging, final_dir).map_err(io("installing", final_dir))?;
-        std::fs::remove_dir_all(&old).map_err(io("removing", &old))?;
+        remove_dir_all(&old).map_err(io("removing", &old))?;
     } else {
         std::fs::rename(staging, final_dir).map_err(io("installing", final_dir))?;
     }
@@ -283,10 +319,13 @@ fn base_tree(
     if !opts.rebuild_base && dir.join(BASE_PACKAGES_FILE).is_file() {
         return Ok((dir, true));
     }
-    let staging = bases.join(format!(".{}.tmp-{}", inputs.base_id(), std::process::id()));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(io("removing", &staging))?;
-    }
+    let staging = bases.join(format!(
+        ".{}-{}.tmp-{}",
+        inputs.base_id(),
+        next_build(),
+        std::process::id()
+    ));
+    remove_dir_all(&staging).map_err(io("removing", &staging))?;
     std::fs::create_dir_all(&staging).map_err(io("creating", &staging))?;
     let tree = staging.join("tree");
     rootfs::debootstrap(
@@ -301,7 +340,7 @@ fn base_tree(
     let list_path = staging.join(BASE_PACKAGES_FILE);
     std::fs::write(&list_path, list).map_err(io("writing", &list_path))?;
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(io("removing", &dir))?;
+        remove_dir_all(&dir).map_err(io("removing", &dir))?;
     }
     std::fs::rename(&staging, &dir).map_err(io("installing", &dir))?;
     Ok((dir, false))

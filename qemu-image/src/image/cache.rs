@@ -10,6 +10,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use super::lease::try_exclusive;
 use super::{Image, ImageError, MANIFEST_FILE};
 
 /// The images directory below the cache.
@@ -74,15 +75,25 @@ pub fn set_current(images: &Path, name: &str) -> Result<(), std::io::Error> {
     std::fs::rename(&tmp, images.join(CURRENT_LINK))
 }
 
+/// What [`prune`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Deleted image and staging directories.
+    pub deleted: Vec<PathBuf>,
+    /// Images due for deletion but left alone because a lease ([`Image::hold`]) holds them.
+    pub in_use: Vec<PathBuf>,
+}
+
 /// Deletes finished images beyond the [`KEEP_IMAGES`] newest (by manifest time), never the one
-/// `current` names, and staging directories (`.<name>.tmp-*`) left by builds that are no longer
-/// running. Returns what it deleted.
-pub fn prune(images: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
+/// `current` names nor one held by a lease ([`Image::hold`]; such images are listed in
+/// [`Pruned::in_use`]), and staging directories (`.<name>.tmp-*`) left by builds that are no
+/// longer running.
+pub fn prune(images: &Path) -> Result<Pruned, std::io::Error> {
     let current = std::fs::read_link(images.join(CURRENT_LINK))
         .ok()
         .and_then(|t| t.to_str().map(str::to_string));
     let mut finished = Vec::new();
-    let mut deleted = Vec::new();
+    let mut pruned = Pruned::default();
     for entry in std::fs::read_dir(images)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -91,8 +102,8 @@ pub fn prune(images: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
         }
         if name.starts_with('.') && name.contains(".tmp-") {
             if !staging_owner_alive(&name) {
-                std::fs::remove_dir_all(entry.path())?;
-                deleted.push(entry.path());
+                remove_dir_all(&entry.path())?;
+                pruned.deleted.push(entry.path());
             }
             continue;
         }
@@ -102,11 +113,27 @@ pub fn prune(images: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
         }
     }
     for name in to_prune(finished, KEEP_IMAGES, current.as_deref()) {
-        let path = images.join(name);
-        std::fs::remove_dir_all(&path)?;
-        deleted.push(path);
+        let path = images.join(&name);
+        // Held exclusively while the directory is moved aside, so a lease taken meanwhile
+        // either fails at once or sees that its lock file is gone (see `Image::hold`).
+        let Some(_lock) = try_exclusive(&path)? else {
+            pruned.in_use.push(path);
+            continue;
+        };
+        let aside = images.join(format!(".{name}.tmp-old-{}", std::process::id()));
+        std::fs::rename(&path, &aside)?;
+        remove_dir_all(&aside)?;
+        pruned.deleted.push(path);
     }
-    Ok(deleted)
+    Ok(pruned)
+}
+
+/// `remove_dir_all`, where a directory already gone is no error.
+pub(crate) fn remove_dir_all(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Whether the build that made staging directory `name` (`.<id>.tmp-<pid>`, or
@@ -198,7 +225,7 @@ mod tests {
         let alive = format!(".abc.tmp-{}", std::process::id());
         std::fs::create_dir(images.join(&alive)).unwrap();
         set_current(images, "old").unwrap();
-        let mut deleted = prune(images).unwrap();
+        let mut deleted = prune(images).unwrap().deleted;
         deleted.sort();
         // "old" is current, so only "mid" is beyond the two newest and unprotected.
         assert_eq!(
@@ -217,6 +244,30 @@ mod tests {
             std::fs::read_link(images.join(CURRENT_LINK)).unwrap(),
             PathBuf::from("new")
         );
+    }
+
+    #[test]
+    fn prune_skips_an_image_held_by_a_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path();
+        for (i, name) in ["held", "free", "new", "newest"].iter().enumerate() {
+            let d = images.join(name);
+            std::fs::create_dir(&d).unwrap();
+            let f = std::fs::File::create(d.join(MANIFEST_FILE)).unwrap();
+            f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(10 * (i as u64 + 1)))
+                .unwrap();
+        }
+        set_current(images, "newest").unwrap();
+        let lease = Image::at(images.join("held")).hold().unwrap();
+        let pruned = prune(images).unwrap();
+        assert_eq!(pruned.deleted, vec![images.join("free")]);
+        assert_eq!(pruned.in_use, vec![images.join("held")]);
+        assert!(images.join("held").join(MANIFEST_FILE).is_file());
+        drop(lease);
+        let pruned = prune(images).unwrap();
+        assert_eq!(pruned.deleted, vec![images.join("held")]);
+        assert!(pruned.in_use.is_empty());
+        assert!(!images.join("held").exists());
     }
 
     #[test]

@@ -142,6 +142,56 @@ pub fn resolve_kernel() -> Result<Package, DebError> {
     show(kernel_dependency(depends).ok_or_else(missing)?)
 }
 
+/// `apt-get update` on the host: for a host without package lists (a fresh container).
+pub fn apt_update() -> Result<(), DebError> {
+    Cmd::new("apt-get")
+        .arg("update")
+        .output()
+        .map_err(tool("apt-get update"))?;
+    Ok(())
+}
+
+/// `name=candidate` for each of `packages` from the host's `apt-cache policy` (whose sources
+/// include bookworm-security and -updates on Debian hosts), sorted. A package without a candidate
+/// is listed as `name=none`. Part of the base tree's cache key, so a security update of a listed
+/// package rebuilds the base tree.
+pub fn candidate_versions(packages: &[String]) -> Result<Vec<String>, DebError> {
+    let text = Cmd::new("apt-cache")
+        .arg("policy")
+        .args(packages)
+        .text()
+        .map_err(tool("apt-cache policy"))?;
+    let found = parse_policy(&text);
+    Ok(packages
+        .iter()
+        .map(|name| {
+            let version = found
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or("none", |(_, v)| v.as_str());
+            format!("{name}={version}")
+        })
+        .collect())
+}
+
+/// (package, candidate) pairs from `apt-cache policy` output.
+pub fn parse_policy(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        if !line.starts_with(' ') && line.ends_with(':') {
+            current = Some(line.trim_end_matches(':').to_string());
+        } else if let (Some(name), Some(v)) = (&current, line.trim().strip_prefix("Candidate:")) {
+            let v = v.trim();
+            if v != "(none)" {
+                out.push((name.clone(), v.to_string()));
+            }
+            current = None;
+        }
+    }
+    out
+}
+
 /// The installed busybox-static version; fails when it is not installed.
 pub fn busybox_version() -> Result<String, DebError> {
     let v = Cmd::new("dpkg-query")
@@ -243,6 +293,22 @@ Description: Linux for x86-64 cloud (meta-package)
 Package: linux-image-cloud-amd64
 Version: 6.1.176-1
 ";
+
+    #[test]
+    fn policy_candidates_are_parsed() {
+        let text = "podman:\n  Installed: 4.3.1+ds1-8+b1\n  Candidate: 4.3.1+ds1-8+deb12u1\n  \
+                    Version table:\n     4.3.1+ds1-8+deb12u1 500\n        500 \
+                    http://deb.debian.org/debian-security bookworm-security/main amd64 \
+                    Packages\nnosuch:\n  Installed: (none)\n  Candidate: (none)\n\
+                    runc:\n  Installed: (none)\n  Candidate: 1.1.5+ds1-1+deb12u1\n";
+        assert_eq!(
+            parse_policy(text),
+            vec![
+                ("podman".to_string(), "4.3.1+ds1-8+deb12u1".to_string()),
+                ("runc".to_string(), "1.1.5+ds1-1+deb12u1".to_string()),
+            ]
+        );
+    }
 
     #[test]
     fn control_fields_come_from_the_first_stanza() {

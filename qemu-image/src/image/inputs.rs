@@ -10,10 +10,31 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Bumped whenever the build recipe changes what ends up in an image.
+/// Bumped whenever the build recipe changes what ends up in an image (a change of the recipe's
+/// source changes [`recipe_sha256`] anyway).
 pub const RECIPE_VERSION: u32 = 2;
-/// Bumped whenever the base-tree recipe (debootstrap options, stripping) changes.
+/// Bumped whenever the base-tree recipe changes (its source is hashed too, see
+/// [`base_recipe_sha256`]).
 pub const BASE_RECIPE_VERSION: u32 = 1;
+
+/// The sources of the whole build recipe, compiled in: editing any of them makes a new image.
+const RECIPE_SOURCES: [&str; 5] = [
+    include_str!("build.rs"),
+    include_str!("rootfs.rs"),
+    include_str!("initrd.rs"),
+    include_str!("debs.rs"),
+    include_str!("inputs.rs"),
+];
+
+/// sha256 of the build recipe's sources (`src/image/{build,rootfs,initrd,debs,inputs}.rs`).
+pub fn recipe_sha256() -> String {
+    sha256_hex(RECIPE_SOURCES.concat().as_bytes())
+}
+
+/// sha256 of the base-tree recipe's source (`src/image/rootfs.rs`: debootstrap, upgrade, strip).
+pub fn base_recipe_sha256() -> String {
+    sha256_hex(include_str!("rootfs.rs").as_bytes())
+}
 /// The Debian suite of the root filesystem.
 pub const SUITE: &str = "bookworm";
 /// The meta-package that names the current cloud kernel.
@@ -49,6 +70,16 @@ pub struct Inputs {
     pub init_sha256: String,
     /// sha256 of the stage-1 script.
     pub stage1_sha256: String,
+    /// [`recipe_sha256`].
+    #[serde(default)]
+    pub recipe_sha256: String,
+    /// [`base_recipe_sha256`].
+    #[serde(default)]
+    pub base_recipe_sha256: String,
+    /// `name=candidate` of each listed package on the host when the image was built (with
+    /// security updates): a new candidate makes a new base tree.
+    #[serde(default)]
+    pub package_versions: Vec<String>,
 }
 
 impl Inputs {
@@ -63,8 +94,10 @@ impl Inputs {
     pub fn base_id(&self) -> String {
         let key = serde_json::json!({
             "base_recipe_version": self.base_recipe_version,
+            "base_recipe_sha256": self.base_recipe_sha256,
             "suite": self.suite,
             "packages": self.packages,
+            "package_versions": self.package_versions,
         });
         hash16(key.to_string().as_bytes())
     }
@@ -126,6 +159,9 @@ mod tests {
             agent_sha256: sha256_hex(b"agent"),
             init_sha256: sha256_hex(b"init"),
             stage1_sha256: sha256_hex(STAGE1_SCRIPT.as_bytes()),
+            recipe_sha256: recipe_sha256(),
+            base_recipe_sha256: base_recipe_sha256(),
+            package_versions: vec!["podman=4.3.1+ds1-8+b1".to_string()],
         }
     }
 
@@ -164,6 +200,8 @@ mod tests {
             Box::new(|i| i.agent_sha256 = sha256_hex(b"agent2")),
             Box::new(|i| i.init_sha256 = sha256_hex(b"init2")),
             Box::new(|i| i.stage1_sha256 = sha256_hex(b"sh")),
+            Box::new(|i| i.recipe_sha256 = sha256_hex(b"recipe")),
+            Box::new(|i| i.package_versions[0] = "podman=4.3.1+ds1-8+deb12u1".into()),
         ];
         for change in variants {
             let mut other = sample();
@@ -185,6 +223,19 @@ mod tests {
         let mut bumped = sample();
         bumped.base_recipe_version += 1;
         assert_ne!(bumped.base_id(), base.base_id());
+        let mut recipe = sample();
+        recipe.base_recipe_sha256 = sha256_hex(b"new debootstrap step");
+        assert_ne!(recipe.base_id(), base.base_id());
+        let mut update = sample();
+        update.package_versions[0] = "podman=4.3.1+ds1-8+deb12u1".into();
+        assert_ne!(update.base_id(), base.base_id());
+    }
+
+    #[test]
+    fn recipe_hash_covers_the_recipe_sources() {
+        assert_eq!(recipe_sha256().len(), 64);
+        assert_ne!(recipe_sha256(), base_recipe_sha256());
+        assert!(RECIPE_SOURCES.iter().any(|s| s.contains("fn debootstrap(")));
     }
 
     #[test]

@@ -12,6 +12,15 @@ use super::{INITRD_FILE, Image, KERNEL_FILE, MANIFEST_FILE, ROOTFS_FILE};
 /// Why an image cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
+    /// The image's lease lock could not be taken (see [`Image::hold`]).
+    #[error("cannot take a lease on the VM image via {path:?}: retry, or run `qemu-image build`")]
+    Lease {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// There is no `current` link: nothing was built yet.
     #[error("no VM image found at {link:?}: run `qemu-image build` first")]
     NoCurrent {
@@ -210,6 +219,9 @@ mod tests {
             agent_sha256: "a".into(),
             init_sha256: "b".into(),
             stage1_sha256: "c".into(),
+            recipe_sha256: "d".into(),
+            base_recipe_sha256: "e".into(),
+            package_versions: vec![],
         };
         let manifest = Manifest {
             id: inputs.id(),

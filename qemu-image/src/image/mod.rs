@@ -11,12 +11,14 @@ pub mod cache;
 pub mod debs;
 pub mod initrd;
 pub mod inputs;
+pub mod lease;
 pub mod manifest;
 pub mod rootfs;
 mod run;
 
 pub use build::{BuildError, BuildOptions, build};
 pub use cache::{cache_dir, current};
+pub use lease::ImageLease;
 pub use manifest::{ImageError, Manifest};
 pub use run::RunError;
 

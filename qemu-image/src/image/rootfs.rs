@@ -42,6 +42,18 @@ pub enum RootfsError {
         #[source]
         source: RunError,
     },
+    /// A binary links libraries the image lacks.
+    #[error(
+        "{binary} in the image needs libraries it lacks: {}; add their Debian packages to \
+         qemu-image/packages.txt",
+        missing.join(", ")
+    )]
+    MissingLibraries {
+        /// The binary, inside the image.
+        binary: String,
+        /// The missing sonames.
+        missing: Vec<String>,
+    },
     /// A file system step failed.
     #[error("{what} {path:?} failed")]
     Io {
@@ -83,7 +95,72 @@ pub fn debootstrap(
         .arg(mirror)
         .output()
         .map_err(tool("debootstrap"))?;
+    upgrade(tree, suite, mirror)?;
     strip_tree(tree)
+}
+
+/// The tree's apt sources: `suite` and `suite-updates` from `mirror`, `suite-security` from
+/// Debian's security mirror.
+pub fn sources_list(suite: &str, mirror: &str) -> String {
+    format!(
+        "deb {mirror} {suite} main\n\
+         deb {mirror} {suite}-updates main\n\
+         deb {SECURITY_MIRROR} {suite}-security main\n"
+    )
+}
+
+/// Debian's security archive.
+pub const SECURITY_MIRROR: &str = "http://deb.debian.org/debian-security";
+
+/// debootstrap installs from `suite` only: enables the security and updates suites in the tree
+/// and upgrades it (apt's lists are removed again by [`strip_tree`]).
+fn upgrade(tree: &Path, suite: &str, mirror: &str) -> Result<(), RootfsError> {
+    let list = tree.join("etc/apt/sources.list");
+    std::fs::write(&list, sources_list(suite, mirror)).map_err(io("writing", &list))?;
+    Cmd::new("chroot")
+        .arg(tree)
+        .args(["apt-get", "update"])
+        .output()
+        .map_err(tool("apt-get update in the base tree"))?;
+    Cmd::new("chroot")
+        .arg(tree)
+        .args(["apt-get", "-y", "--no-install-recommends", "upgrade"])
+        .output()
+        .map_err(tool("apt-get upgrade in the base tree"))?;
+    Cmd::new("chroot")
+        .arg(tree)
+        .args(["apt-get", "clean"])
+        .output()
+        .map_err(tool("apt-get clean in the base tree"))?;
+    Ok(())
+}
+
+/// Fails naming every shared library `binary` (a path inside `tree`) needs but the tree lacks,
+/// as the tree's own `ldd` resolves them.
+pub fn check_libraries(tree: &Path, binary: &str) -> Result<(), RootfsError> {
+    let out = Cmd::new("chroot")
+        .arg(tree)
+        .args(["/usr/bin/ldd", binary])
+        .text()
+        .map_err(tool("ldd in the root filesystem"))?;
+    let missing = missing_libraries(&out);
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(RootfsError::MissingLibraries {
+            binary: binary.to_string(),
+            missing,
+        })
+    }
+}
+
+/// The `name => not found` libraries in `ldd` output.
+pub fn missing_libraries(ldd: &str) -> Vec<String> {
+    ldd.lines()
+        .filter(|l| l.contains("not found"))
+        .filter_map(|l| l.split("=>").next())
+        .map(|name| name.trim().to_string())
+        .collect()
 }
 
 /// Removes from a fresh tree what is big and useless in a VM that is never upgraded, or that
@@ -257,6 +334,8 @@ pub fn final_tree(
             .map_err(tool("strip (the agent or init binary)"))?;
         set_mode(&to, 0o755)?;
     }
+    check_libraries(tree, &format!("/{AGENT_PATH}"))?;
+    check_libraries(tree, &format!("/{INIT_PATH}"))?;
     pin_password_dates(tree)?;
     let dropbear = tree.join("etc/dropbear");
     std::fs::create_dir_all(&dropbear).map_err(io("creating", &dropbear))?;
@@ -324,6 +403,30 @@ pub fn mksquashfs(tree: &Path, out: &Path, mtime: u64) -> Result<(), RootfsError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_libraries_are_named() {
+        let ldd = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibssl.so.3 => not found\n\
+                   \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x7f)\n\
+                   \tlibz.so.1 => not found\n";
+        assert_eq!(missing_libraries(ldd), vec!["libssl.so.3", "libz.so.1"]);
+        assert!(missing_libraries("\tstatically linked\n").is_empty());
+        let err = RootfsError::MissingLibraries {
+            binary: "/usr/local/bin/builder-agent".into(),
+            missing: missing_libraries(ldd),
+        };
+        assert!(err.to_string().contains("libssl.so.3, libz.so.1"), "{err}");
+    }
+
+    #[test]
+    fn sources_include_security_and_updates() {
+        let text = sources_list("bookworm", "http://deb.debian.org/debian");
+        assert!(text.contains("deb http://deb.debian.org/debian bookworm main\n"));
+        assert!(text.contains("deb http://deb.debian.org/debian bookworm-updates main\n"));
+        assert!(
+            text.contains("deb http://deb.debian.org/debian-security bookworm-security main\n")
+        );
+    }
 
     #[test]
     fn shadow_days_are_pinned_and_other_fields_kept() {

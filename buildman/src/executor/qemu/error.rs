@@ -30,6 +30,49 @@ pub enum QemuError {
         #[source]
         source: ImageError,
     },
+    /// `VM_RUN_AS` names no user of this machine.
+    #[error(
+        "VM_RUN_AS user {user:?} does not exist: create it, set VM_RUN_AS to an existing user, or \
+         set VM_RUN_AS to '' to keep QEMU as buildman's user"
+    )]
+    NoSuchUser {
+        /// The user.
+        user: String,
+        /// Why the lookup failed, when it did not just find nothing.
+        #[source]
+        source: Option<nix::Error>,
+    },
+    /// `VM_RUN_AS` is set but buildman cannot switch users.
+    #[error(
+        "VM_RUN_AS {user:?} needs buildman to run as root (QEMU switches to it with -runas): run \
+         buildman as root or set VM_RUN_AS to ''"
+    )]
+    RunAsNeedsRoot {
+        /// The user.
+        user: String,
+    },
+    /// Too little free space for another VM's scratch disk.
+    #[error(
+        "not enough free space in {dir:?} for a VM: {free} bytes free, VOLUME_SIZE ({volume_size} \
+         bytes) plus 1 GiB needed: free space there, lower VOLUME_SIZE or wait for running builds"
+    )]
+    DiskSpace {
+        /// The work root.
+        dir: PathBuf,
+        /// Bytes available to buildman there.
+        free: u64,
+        /// `VOLUME_SIZE` in bytes.
+        volume_size: u64,
+    },
+    /// The free space of the work root could not be read.
+    #[error("failed to read the free space of {dir:?}: check that the work directory exists")]
+    StatFs {
+        /// The directory.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: nix::Error,
+    },
     /// The accelerator probe task did not deliver a result.
     #[error("the VM accelerator probe failed: set VM_ACCEL and VM_MACHINE, or see the log")]
     Probe,

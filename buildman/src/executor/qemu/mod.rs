@@ -7,18 +7,23 @@
 //! does; user-mode networking relays only buildman, the registry and configured proxies into
 //! the guest ([`qemu_image::forward`]).
 //!
-//! Whether KVM can boot a guest here is found by a real probe ([`qemu_image::probe::detect`]),
-//! started when the executor is made and awaited by the first build. Each VM lives in
-//! `<work_root>/<build uuid>-<n>` (0700: scratch disk, config, console log, QEMU's stderr) with
-//! `<work dir>.pid` beside it, so that [`QemuExecutor::reap_orphans`] can stop VMs a killed
-//! buildman left. A supervisor task per VM logs its exit with the console's last lines and
-//! removes everything; `MAX_LIFETIME_S` is enforced here and by the guest itself. With `DEBUG`
-//! a stopped build's VM is kept (reachable over SSH with `SSH_AUTHORIZED_KEYS`) until
+//! Making the executor first stops the VMs (and probe VMs) a killed buildman left, then starts a
+//! real probe of whether KVM can boot a guest here ([`qemu_image::probe::detect`]), awaited by
+//! the first build; the executor holds a lease on its image so that `qemu-image prune` keeps it.
+//! Each VM lives in `<work_root>/<build uuid>-<n>` (0700: scratch disk, the config until QEMU
+//! has read it, QEMU's stderr) with `<work dir>.pid` beside it, so that
+//! [`QemuExecutor::reap_orphans`] can stop VMs a killed buildman left. QEMU opens its files, then
+//! drops to `VM_RUN_AS` under a seccomp sandbox with at most `MAX_OPEN_FILES` (256) files. A
+//! supervisor task per VM keeps the console's end in memory, logs the exit with its last lines
+//! and removes everything; `MAX_LIFETIME_S` is enforced here and by the guest itself. With
+//! `DEBUG` a stopped build's VM is kept (reachable over SSH with `SSH_AUTHORIZED_KEYS`) until
 //! `MAX_LIFETIME_S` or buildman's shutdown.
 
+mod console;
 mod error;
 mod guest;
 mod orphans;
+mod preflight;
 mod settings;
 mod start;
 mod supervise;
@@ -28,13 +33,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use qemu_image::image::{self, Image};
+use qemu_image::image::{self, Image, ImageLease};
 use qemu_image::probe::{self, Detection, ProbeOptions};
 use tokio::sync::watch;
 
 pub use error::QemuError;
-pub use settings::{DEFAULT_VOLUME_SIZE, QemuOptions};
+pub use settings::{DEFAULT_RUN_AS, DEFAULT_VOLUME_SIZE, QemuOptions, resolve_run_as};
 
+use self::preflight::{check_run_as, check_space, find_program, free_space};
 use self::supervise::Vms;
 use super::popen::{inherited_env, pid_path};
 use super::{Executor, ExecutorError, ExecutorSettings, StartJob, process};
@@ -48,8 +54,15 @@ pub struct QemuExecutor {
     settings: ExecutorSettings,
     options: QemuOptions,
     image: Image,
+    /// Keeps `prune` from deleting the image while this executor may boot it; `None` in unit
+    /// tests (made-up image).
+    _lease: Option<ImageLease>,
     /// `QEMU_BINARY` resolved to a path.
     qemu_binary: PathBuf,
+    /// `socat` resolved to a path: slirp's relay per guest connection.
+    relay: PathBuf,
+    /// How many VMs of a previous buildman were stopped when this executor was made.
+    orphans_reaped: usize,
     /// Proxy variables (both cases) and `RUST_LOG` for the agent, resolved once.
     inherited: Vec<(&'static str, String)>,
     vms: Arc<Vms>,
@@ -58,9 +71,10 @@ pub struct QemuExecutor {
 }
 
 impl QemuExecutor {
-    /// Check the tools, open and verify the image, and start the accelerator probe. Reads proxy
-    /// variables and `RUST_LOG` from the manager's environment where the settings leave them
-    /// unset, as popen does.
+    /// Check the tools and `VM_RUN_AS`, open, verify and lease the image, stop the VMs and probe
+    /// VMs a previous buildman left (they would compete with the probe for the CPU), then start
+    /// the accelerator probe. Reads proxy variables and `RUST_LOG` from the manager's
+    /// environment where the settings leave them unset, as popen does.
     pub async fn new(
         settings: ExecutorSettings,
         options: QemuOptions,
@@ -69,18 +83,39 @@ impl QemuExecutor {
             find_program(&options.vm.qemu_binary).ok_or_else(|| QemuError::MissingQemu {
                 binary: options.vm.qemu_binary.clone(),
             })?;
-        if find_program(Path::new("socat")).is_none() {
-            return Err(QemuError::MissingTool { tool: "socat" }.into());
+        let relay =
+            find_program(Path::new("socat")).ok_or(QemuError::MissingTool { tool: "socat" })?;
+        if let Some(user) = &options.run_as {
+            check_run_as(user, nix::unistd::geteuid().is_root())?;
         }
         let dir = options.vm.vm_image.clone();
         // Verifying the image hashes hundreds of megabytes: off the async workers.
-        let image = tokio::task::spawn_blocking(move || match &dir {
-            Some(d) => Image::open(d).map_err(|source| (dir.clone(), source)),
-            None => image::current(&image::cache_dir()).map_err(|source| (None, source)),
+        let (image, lease) = tokio::task::spawn_blocking(move || {
+            let image = match &dir {
+                Some(d) => Image::open(d).map_err(|source| (dir.clone(), source))?,
+                None => image::current(&image::cache_dir()).map_err(|source| (None, source))?,
+            };
+            let lease = image
+                .hold()
+                .map_err(|source| (Some(image.dir.clone()), source))?;
+            Ok((image, lease))
         })
         .await
         .map_err(QemuError::Blocking)?
         .map_err(|(dir, source)| QemuError::Image { dir, source })?;
+        // Nothing of this executor runs yet: every VM in the work root is a previous one's.
+        let orphans_reaped = orphans::reap(&settings.work_root, |_| false).await?;
+        if orphans_reaped > 0 {
+            tracing::warn!(executor = %settings.name, reaped = orphans_reaped,
+                "stopped VMs left by a previous buildman");
+        }
+        let probes = tokio::task::spawn_blocking(probe::reap_orphans)
+            .await
+            .map_err(QemuError::Blocking)?;
+        if probes > 0 {
+            tracing::warn!(executor = %settings.name, reaped = probes,
+                "stopped probe VMs left by a previous buildman");
+        }
         let probe_options = ProbeOptions {
             accel: options.vm.accel,
             machine: options.vm.machine,
@@ -94,7 +129,10 @@ impl QemuExecutor {
             settings,
             options,
             image,
+            _lease: Some(lease),
             qemu_binary,
+            relay,
+            orphans_reaped,
             inherited,
             vms: Arc::default(),
             detection,
@@ -108,7 +146,10 @@ impl QemuExecutor {
             settings: ExecutorSettings::new("vm", work_root),
             options,
             image: Image::at(work_root.join("image")),
+            _lease: None,
             qemu_binary: PathBuf::from("qemu-system-x86_64"),
+            relay: PathBuf::from("socat"),
+            orphans_reaped: 0,
             inherited: Vec::new(),
             vms: Arc::default(),
             detection: watch::channel(None).1,
@@ -130,8 +171,18 @@ impl QemuExecutor {
         found.clone().ok_or_else(|| QemuError::Probe.into())
     }
 
-    /// Stop the VMs a previous buildman left in the work root and remove their work
-    /// directories. Call once at startup, before scheduling. Returns how many were running.
+    /// How many VMs a previous buildman left running [`QemuExecutor::new`] stopped.
+    pub fn orphans_reaped(&self) -> usize {
+        self.orphans_reaped
+    }
+
+    /// The end of the console of VM `execution_id` while it runs (the last 64 KiB, in memory).
+    pub fn console(&self, execution_id: &str) -> Option<String> {
+        Some(self.vms.lock().running.get(execution_id)?.console.text())
+    }
+
+    /// Stop the VMs in the work root that are not this executor's and remove their work
+    /// directories; [`QemuExecutor::new`] does it already. Returns how many were running.
     pub async fn reap_orphans(&self) -> Result<usize, ExecutorError> {
         let vms = &self.vms;
         orphans::reap(&self.settings.work_root, |id| {
@@ -191,17 +242,6 @@ fn start_probe(
     rx
 }
 
-/// `program` as given when it names a file (has a `/`), else the first match in `PATH`.
-fn find_program(program: &Path) -> Option<PathBuf> {
-    if program.components().count() > 1 || program.is_absolute() {
-        return program.is_file().then(|| program.to_path_buf());
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-}
-
 /// `ssh -p PORT root@ADDR` for a forward on `addr` (loopback when it listens on every address).
 fn ssh_command(addr: std::net::SocketAddr) -> String {
     let ip = if addr.ip().is_unspecified() {
@@ -250,6 +290,8 @@ impl Executor for QemuExecutor {
                 execution_id: job.build_uuid.clone(),
             });
         }
+        let root = &self.settings.work_root;
+        check_space(root, free_space(root)?, self.options.volume_size_bytes)?;
         let detection = self.detection().await?;
         self.launch(job, &detection).await
     }
@@ -287,10 +329,16 @@ impl Executor for QemuExecutor {
                 vm.stop.notify_one();
             }
         }
+        // Wait for every VM even when one does not stop in time, then report the first failure
+        // (each is logged).
+        let mut first_err = None;
         for id in &ids {
-            self.stop_vm(id).await?;
+            if let Err(e) = self.stop_vm(id).await {
+                tracing::error!(execution_id = %id, error = %e, "a VM did not stop on shutdown");
+                first_err.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_err.map_or(Ok(()), Err)
     }
 
     fn worker_exits(
@@ -325,20 +373,6 @@ impl Drop for QemuExecutor {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn programs_are_found_in_path_or_by_path() {
-        assert_eq!(
-            find_program(Path::new("sh")).map(|p| p.is_file()),
-            Some(true)
-        );
-        assert_eq!(
-            find_program(Path::new("/bin/sh")),
-            Some(PathBuf::from("/bin/sh"))
-        );
-        assert_eq!(find_program(Path::new("no-such-program-quarry")), None);
-        assert_eq!(find_program(Path::new("/nonexistent/qemu")), None);
-    }
 
     #[test]
     fn ssh_commands_name_a_reachable_address() {

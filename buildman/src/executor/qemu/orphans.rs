@@ -4,7 +4,8 @@
 //! `quarry-build-<execution id>`. A restarted executor kills a recorded process only when both
 //! its start time and its command line's `-name` match, so a recycled pid is never killed; it
 //! also finds a VM whose pid file was never written by its `-name` alone. Then it removes the
-//! work directory (scratch disk, config with the token, console) and the pid file.
+//! work directory (scratch disk, config with the token if still there, QEMU's stderr) and the
+//! pid file.
 
 use std::collections::BTreeSet;
 use std::os::unix::ffi::OsStrExt as _;
@@ -14,7 +15,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use super::start::{CONFIG_FILE, SCRATCH_FILE, vm_name};
-use super::supervise::CONSOLE_FILE;
+use super::supervise::QEMU_LOG_FILE;
 use crate::executor::ExecutorError;
 use crate::executor::process::{self, GRACE};
 
@@ -96,7 +97,7 @@ async fn stop_all(pids: &BTreeSet<i32>, name: &str) -> Vec<i32> {
 }
 
 /// Stop the VMs in `root` that `is_ours` does not claim, and remove their work directories and
-/// pid files. Directories that are not VM work directories (no scratch disk, config or console)
+/// pid files. Directories that are not VM work directories (no scratch disk, config or QEMU log)
 /// and have no VM running are left alone: the popen executor may share the work root. Returns
 /// how many VMs were still running.
 pub(super) async fn reap(
@@ -125,7 +126,7 @@ pub(super) async fn reap(
         let pid_file = root.join(format!("{id}.pid"));
         let dir = root.join(id);
         let pids = vm_processes(&name, process::read_pid_file(&pid_file));
-        let vm_dir = [SCRATCH_FILE, CONFIG_FILE, CONSOLE_FILE]
+        let vm_dir = [SCRATCH_FILE, CONFIG_FILE, QEMU_LOG_FILE]
             .iter()
             .any(|f| dir.join(f).exists());
         if pids.is_empty() && !vm_dir {
@@ -192,7 +193,7 @@ mod tests {
         let start = process::read_stat(pid).unwrap().start_time;
         process::write_pid_file(&root.path().join("b1-1.pid"), pid, start).unwrap();
         std::fs::create_dir(root.path().join("b1-1")).unwrap();
-        std::fs::write(root.path().join("b1-1").join(CONSOLE_FILE), "").unwrap();
+        std::fs::write(root.path().join("b1-1").join(QEMU_LOG_FILE), "").unwrap();
         // A popen work directory: no VM files, no VM.
         std::fs::create_dir(root.path().join("p1-1")).unwrap();
         let stopped = reap(root.path(), |_| false).await.unwrap();

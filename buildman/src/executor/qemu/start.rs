@@ -13,15 +13,22 @@ use qemu_image::spec::VmSpec;
 use qemu_image::vm;
 use tokio::sync::{Notify, watch};
 
-use super::supervise::{self, CONSOLE_FILE, QEMU_LOG_FILE, Supervisor, Vm};
+use super::console::Console;
+use super::supervise::{self, QEMU_LOG_FILE, Supervisor, Vm};
 use super::{QemuError, QemuExecutor, guest};
 use crate::executor::popen::{log_path, pid_path};
 use crate::executor::{ExecutorError, StartJob, process};
 
 /// The per-build scratch disk, in the work directory.
 pub(super) const SCRATCH_FILE: &str = "scratch.img";
-/// The guest configuration handed over through `fw_cfg`, in the work directory.
+/// The guest configuration handed over through `fw_cfg`, in the work directory; deleted as soon as
+/// QEMU has read it (it carries the registration token).
 pub(super) const CONFIG_FILE: &str = "config.json";
+/// The most files one QEMU may have open: slirp forks a relay per guest connection to a host
+/// service and each needs a socket in QEMU, so this bounds how many a guest can hold open at
+/// once (a guest cannot exhaust the host's descriptors or fork without end); a build needs a
+/// few dozen at most.
+pub(super) const MAX_OPEN_FILES: u64 = 256;
 /// Prefix of every VM's `-name`, followed by the execution id: how a restarted buildman tells
 /// its VMs from other QEMU processes.
 pub(super) const VM_NAME_PREFIX: &str = "quarry-build-";
@@ -167,13 +174,19 @@ impl QemuExecutor {
             kernel_args: Vec::new(),
             tsc_khz: detection.tsc_khz,
             config_file: Some(config_file),
-            console_log: p.dir.join(CONSOLE_FILE),
+            // On QEMU's stdout, which the supervisor reads into memory.
+            console_log: None,
             network: self.options.vm.network,
             ssh_forward: p.ssh,
             guest_forwards: plan.qemu,
-            relay: Vec::new(),
+            relay: Some(self.relay.clone()),
             qmp_socket: None,
             pidfile: None,
+            // QEMU opens every file above (buildman made them, as root) before it drops to
+            // this user; buildman, as root, can still signal it.
+            run_as: self.options.run_as.clone(),
+            sandbox: true,
+            max_open_files: Some(MAX_OPEN_FILES),
         };
         self.spawn(job, p, &spec)
     }
@@ -191,11 +204,16 @@ impl QemuExecutor {
             path: log.clone(),
             source,
         };
-        let (out, err) = (open().map_err(wrap)?, open().map_err(wrap)?);
+        let err = open().map_err(wrap)?;
         let mut cmd = tokio::process::Command::from(vm::command(spec));
         // A crashed buildman must leave the VM for `reap_orphans` (which checks its `-name`),
         // not kill it half-way through a cleanup; `Drop` and the supervisor kill it otherwise.
-        cmd.stdout(out).stderr(err).kill_on_drop(false);
+        // stdout is the guest's console (QEMU ignores SIGPIPE: if buildman dies, console
+        // writes fail and the VM runs on for `reap_orphans`).
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(err)
+            .kill_on_drop(false);
         let mut child = cmd.spawn().map_err(|source| QemuError::Spawn {
             program: spec.qemu_binary.clone(),
             source,
@@ -214,6 +232,8 @@ impl QemuExecutor {
         }
         let stop = Arc::new(Notify::new());
         let (done_tx, done) = watch::channel(false);
+        let console = Arc::new(Console::default());
+        let stdout = child.stdout.take();
         self.vms.lock().running.insert(
             p.id.clone(),
             Vm {
@@ -225,6 +245,7 @@ impl QemuExecutor {
                 stop: stop.clone(),
                 done,
                 kept: false,
+                console: console.clone(),
             },
         );
         tracing::info!(build_uuid = %job.build_uuid, execution_id = %p.id, pid,
@@ -235,6 +256,8 @@ impl QemuExecutor {
             id: p.id.clone(),
             build_uuid: job.build_uuid.clone(),
             child,
+            stdout,
+            console,
             pid,
             start_time,
             dir: p.dir.clone(),

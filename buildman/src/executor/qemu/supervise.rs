@@ -1,10 +1,15 @@
-//! The live VMs of one `qemu` executor, and the supervisor task each one gets: it waits for QEMU
-//! to exit, stops it when asked or when it outlives `MAX_LIFETIME_S`, kills whatever QEMU left
-//! (slirp's per-connection relays), logs the exit with the end of the guest's console, removes
-//! the work directory (scratch disk, config, console) and frees the SSH port.
+//! The live VMs of one `qemu` executor, and the supervisor task each one gets: it reads the
+//! guest's console from QEMU's stdout (into memory, see [`Console`]), deletes the guest
+//! configuration (it carries the registration token) as soon as QEMU has read it, waits for QEMU
+//! to exit, stops it when asked or when it outlives `MAX_LIFETIME_S`, sweeps whatever else names
+//! the work directory, logs the exit with the end of the console, removes the work directory
+//! (scratch disk, QEMU's stderr) and frees the SSH port.
+//!
+//! slirp's per-connection relays (`socat`) are not swept: they run in sessions of their own and
+//! name nothing of the build. Each ends when its guest connection closes, which QEMU's exit does,
+//! and `connect-timeout` bounds one whose host service does not answer.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read as _, Seek as _, SeekFrom};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,6 +19,8 @@ use nix::sys::signal::Signal;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use super::console::{Console, pump, tail_lines};
+use super::start::CONFIG_FILE;
 use crate::executor::popen::pid_path;
 use crate::executor::process::{self, GRACE};
 use crate::executor::scan::Recorded;
@@ -21,12 +28,12 @@ use crate::executor::sweep::{BuildSweep, SWEEP_GRACE};
 
 /// How many console lines go into the exit log line.
 pub(super) const CONSOLE_TAIL_LINES: usize = 20;
-/// How much of the console (and of QEMU's own stderr) is read for that tail.
-const TAIL_BYTES: u64 = 16 * 1024;
-/// The guest's console, in the work directory.
-pub(super) const CONSOLE_FILE: &str = "console.log";
-/// QEMU's own stdout and stderr, in the work directory.
+/// How much of QEMU's own stderr is read for the exit log line.
+const STDERR_TAIL_BYTES: u64 = 16 * 1024;
+/// QEMU's own stderr, in the work directory (the console is on its stdout, kept in memory).
 pub(super) const QEMU_LOG_FILE: &str = "qemu.log";
+/// How long the supervisor waits, once QEMU has exited, for the end of its stdout.
+const CONSOLE_DRAIN: Duration = Duration::from_secs(5);
 
 /// The VMs of one executor and the SSH ports they hold.
 #[derive(Debug, Default)]
@@ -74,6 +81,8 @@ pub(super) struct Vm {
     pub(super) done: watch::Receiver<bool>,
     /// `DEBUG`: the build is over but the VM is kept for debugging.
     pub(super) kept: bool,
+    /// The end of its console.
+    pub(super) console: Arc<Console>,
 }
 
 /// Everything a supervisor task owns.
@@ -83,6 +92,9 @@ pub(super) struct Supervisor {
     pub(super) id: String,
     pub(super) build_uuid: String,
     pub(super) child: tokio::process::Child,
+    /// QEMU's stdout: the guest's console.
+    pub(super) stdout: Option<tokio::process::ChildStdout>,
+    pub(super) console: Arc<Console>,
     pub(super) pid: i32,
     pub(super) start_time: u64,
     pub(super) dir: PathBuf,
@@ -117,8 +129,34 @@ impl Supervisor {
     }
 }
 
+/// Delete the guest configuration in `dir` (it carries the registration token) once QEMU has
+/// read it.
+fn remove_config(dir: &Path, build_uuid: &str, id: &str) {
+    let path = dir.join(CONFIG_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::error!(build_uuid, execution_id = id, path = %path.display(),
+            error = %e, "failed to delete the VM's configuration (it holds the build's token); \
+            delete it by hand"),
+    }
+}
+
 /// Run until QEMU has exited and everything of the VM is gone, then drop it from the table.
 pub(super) async fn supervise(mut s: Supervisor) {
+    let reader = s.stdout.take().map(|out| {
+        let console = s.console.clone();
+        let (dir, uuid, id) = (s.dir.clone(), s.build_uuid.clone(), s.id.clone());
+        tokio::spawn(async move {
+            // The first console byte comes from the guest: QEMU read `-fw_cfg file=` while
+            // setting the machine up, before the guest ran.
+            let first = || remove_config(&dir, &uuid, &id);
+            if let Err(e) = pump(out, &console, first).await {
+                tracing::warn!(build_uuid = %uuid, execution_id = %id, error = %e,
+                    "stopped reading the VM's console");
+            }
+        })
+    });
     let lifetime = tokio::time::sleep(s.max_lifetime);
     tokio::pin!(lifetime);
     let mut grace_end: Option<Instant> = None;
@@ -162,8 +200,17 @@ pub(super) async fn supervise(mut s: Supervisor) {
         ),
         (Ending::Stopped, _) => {}
     }
-    // QEMU is gone; the relays slirp started per guest connection (in sessions of their own) and
-    // anything else naming the work directory go too.
+    // QEMU is gone and its stdout with it (slirp gives each relay its guest connection as stdio,
+    // not QEMU's stdout): read the console's last bytes, bounded in case something holds it.
+    if let Some(mut reader) = reader
+        && tokio::time::timeout(CONSOLE_DRAIN, &mut reader)
+            .await
+            .is_err()
+    {
+        reader.abort();
+    }
+    remove_config(&s.dir, &s.build_uuid, &s.id);
+    // Whatever else still names the work directory goes too (QEMU's group is gone with it).
     let group = Recorded {
         pid: s.pid,
         start_time: s.start_time,
@@ -198,9 +245,10 @@ pub(super) async fn supervise(mut s: Supervisor) {
 /// Log how the VM ended: at info when we stopped it or the guest powered off after the agent
 /// exited with status 0, at warn otherwise, with the console's last lines.
 fn report(s: &Supervisor, ending: Ending, status: &std::io::Result<std::process::ExitStatus>) {
-    let console_path = s.dir.join(CONSOLE_FILE);
-    let agent_exit = agent_exit_code(&tail_lines(&console_path, usize::MAX)).map(str::to_owned);
-    let console = tail_lines(&console_path, CONSOLE_TAIL_LINES);
+    let text = s.console.text();
+    let agent_exit = agent_exit_code(&text).map(str::to_owned);
+    let console = tail_lines(&text, CONSOLE_TAIL_LINES);
+    let console_bytes = s.console.seen();
     let (status, success) = match status {
         Ok(st) => (st.to_string(), st.success()),
         Err(e) => {
@@ -212,20 +260,23 @@ fn report(s: &Supervisor, ending: Ending, status: &std::io::Result<std::process:
     let (id, uuid) = (&s.id, &s.build_uuid);
     match ending {
         Ending::Own if success && agent_exit.as_deref() == Some("0") => {
-            tracing::info!(build_uuid = %uuid, execution_id = %id, %status, "VM powered off");
+            tracing::info!(build_uuid = %uuid, execution_id = %id, %status, console_bytes,
+                "VM powered off");
         }
         Ending::Own => {
-            let qemu = tail_lines(&s.dir.join(QEMU_LOG_FILE), 5);
+            let qemu = tail_lines(&read_end(&s.dir.join(QEMU_LOG_FILE)), 5);
             tracing::warn!(build_uuid = %uuid, execution_id = %id, %status, qemu_stderr = %qemu,
+                console_bytes,
                 agent_exit = agent_exit.as_deref().unwrap_or("(none seen)"), console = %console,
                 "VM ended without a clean agent exit");
         }
         Ending::Stopped => {
-            tracing::info!(build_uuid = %uuid, execution_id = %id, %status, "VM stopped");
+            tracing::info!(build_uuid = %uuid, execution_id = %id, %status, console_bytes,
+                "VM stopped");
         }
         Ending::Lifetime => {
             tracing::warn!(build_uuid = %uuid, execution_id = %id, %status, console = %console,
-                "VM killed at MAX_LIFETIME_S");
+                console_bytes, "VM killed at MAX_LIFETIME_S");
         }
     }
 }
@@ -243,23 +294,18 @@ pub(super) fn agent_exit_code(console: &str) -> Option<&str> {
         .map(str::trim)
 }
 
-/// The last `n` lines of the end of `path` (empty when it cannot be read).
-pub(super) fn tail_lines(path: &Path, n: usize) -> String {
+/// The last [`STDERR_TAIL_BYTES`] of `path` as text (empty when it cannot be read).
+fn read_end(path: &Path) -> String {
+    use std::io::{Read as _, Seek as _, SeekFrom};
     let read = || -> std::io::Result<String> {
         let mut file = std::fs::File::open(path)?;
         let len = file.metadata()?.len();
-        file.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)))?;
+        file.seek(SeekFrom::Start(len.saturating_sub(STDERR_TAIL_BYTES)))?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     };
-    let text = read().unwrap_or_default();
-    let lines: Vec<&str> = text
-        .lines()
-        .map(|l| l.trim_end_matches('\r'))
-        .filter(|l| !l.trim().is_empty())
-        .collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    read().unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -267,14 +313,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tail_keeps_the_last_non_empty_lines() {
+    fn stderr_tail_keeps_the_last_non_empty_lines() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(CONSOLE_FILE);
+        let path = dir.path().join(QEMU_LOG_FILE);
         let text: String = (1..=30).map(|i| format!("line {i}\r\n\n")).collect();
         std::fs::write(&path, text).unwrap();
-        let tail = tail_lines(&path, 3);
+        let tail = tail_lines(&read_end(&path), 3);
         assert_eq!(tail, "line 28\nline 29\nline 30");
-        assert_eq!(tail_lines(&dir.path().join("absent"), 3), "");
+        assert_eq!(read_end(&dir.path().join("absent")), "");
     }
 
     #[test]
