@@ -229,6 +229,9 @@ then POST /api/v1/repository/admin/sample/build/ as above (README.md, "Builds").
 More accounts, organisations, robots and permissions:
   $BIN --config $CONFIG admin --help
 
+Builds here run in a local agent process (executor popen): fine for Dockerfiles you trust. To run
+each build in its own throw-away VM, see README.md, "Builds in VMs".
+
 Stop the server and any running build agents:
   scripts/quickstart.sh --stop        (or: kill \$(cat $PIDFILE))
 EOF
