@@ -1,9 +1,12 @@
-//! Webhook payloads to build trigger metadata (not implemented yet: issue 5).
+//! Webhook payloads to build trigger metadata (issue 5, in progress).
 //!
-//! A pure library (no I/O, no async runtime): it will turn GitHub, GitLab, Bitbucket and custom-git
-//! push payloads into trigger metadata, apply ref filters and skip markers, and expand tag
-//! templates.
-//!
-//! Today it contains nothing.
+//! A pure library (no I/O, no async runtime). So far: git refs ([`refs`]), the trigger's
+//! `branchtag_regex` filter and the skip markers ([`filter`]), and default tags with Quay's tag
+//! escaping ([`tags`]). Still to come: the GitHub, GitLab, Bitbucket and custom-git payload
+//! mappings and tag templates.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
+
+pub mod filter;
+pub mod refs;
+pub mod tags;
