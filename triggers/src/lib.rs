@@ -2,11 +2,12 @@
 //!
 //! A pure library (no I/O, no async runtime). So far: git refs ([`refs`]), the trigger's
 //! `branchtag_regex` filter and the skip markers ([`filter`]), and default tags with Quay's tag
-//! escaping ([`tags`]). Still to come: the GitHub, GitLab, Bitbucket and custom-git payload
-//! mappings and tag templates.
+//! escaping ([`tags`]), and tag templates checked at configuration time ([`template`]). Still to
+//! come: the GitHub, GitLab, Bitbucket and custom-git payload mappings and signatures.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod filter;
 pub mod refs;
 pub mod tags;
+pub mod template;
