@@ -2,12 +2,15 @@
 //!
 //! A pure library (no I/O, no async runtime). So far: git refs ([`refs`]), the trigger's
 //! `branchtag_regex` filter and the skip markers ([`filter`]), and default tags with Quay's tag
-//! escaping ([`tags`]), and tag templates checked at configuration time ([`template`]). Still to
-//! come: the GitHub, GitLab, Bitbucket and custom-git payload mappings and signatures.
+//! escaping ([`tags`]), and tag templates checked at configuration time ([`template`]). The
+//! trigger metadata ([`metadata`]) and the custom-git payload ([`custom`]). Still to come: the
+//! GitHub, GitLab and Bitbucket mappings and signatures.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod custom;
 pub mod filter;
+pub mod metadata;
 pub mod refs;
 pub mod tags;
 pub mod template;

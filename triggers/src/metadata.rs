@@ -1,0 +1,91 @@
+//! Trigger metadata: what every provider's push payload is turned into (Quay's
+//! `METADATA_SCHEMA`), and the input to filters, tags and templates.
+
+use serde::{Deserialize, Serialize};
+
+/// One person of a commit (`commit_info.author` / `.committer`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Person {
+    /// Their user name at the provider.
+    pub username: String,
+    /// Their profile page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Their avatar image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar_url: Option<String>,
+}
+
+/// `commit_info`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitInfo {
+    /// The commit's page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The commit message (required by Quay's schema).
+    pub message: String,
+    /// The commit date as the provider wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date: Option<String>,
+    /// The author.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<Person>,
+    /// The committer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committer: Option<Person>,
+}
+
+/// What a push builds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// The commit SHA (hex, at least 7 characters).
+    pub commit: String,
+    /// Where the agent clones from.
+    pub git_url: String,
+    /// `refs/heads/...` or `refs/tags/...`, when the push names one.
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+    /// The repository's default branch, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_branch: Option<String>,
+    /// About the commit, when the payload says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_info: Option<CommitInfo>,
+}
+
+/// Whether `commit` looks like a commit SHA: hex, 7 to 64 characters (Quay: hex, at least 7).
+pub fn is_commit_sha(commit: &str) -> bool {
+    (7..=64).contains(&commit.len()) && commit.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_shas_are_hex_of_7_to_64() {
+        assert!(is_commit_sha("1c002dd"));
+        assert!(is_commit_sha(&"a".repeat(40)));
+        assert!(is_commit_sha(&"A".repeat(64)));
+        assert!(!is_commit_sha("1c002d"));
+        assert!(!is_commit_sha(&"a".repeat(65)));
+        assert!(!is_commit_sha("1c002dz"));
+        assert!(!is_commit_sha(""));
+    }
+
+    #[test]
+    fn ref_is_serialised_under_its_quay_name() {
+        let m = Metadata {
+            commit: "1c002dd".into(),
+            git_url: "git@example.com:a/b.git".into(),
+            git_ref: Some("refs/heads/main".into()),
+            default_branch: None,
+            commit_info: None,
+        };
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["ref"], "refs/heads/main");
+        assert!(v.get("default_branch").is_none());
+        let back: Metadata = serde_json::from_value(v).unwrap();
+        assert_eq!(back, m);
+    }
+}
