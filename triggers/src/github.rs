@@ -6,16 +6,7 @@
 
 use serde::Deserialize;
 
-use crate::metadata::{CommitInfo, Metadata, Person, is_commit_sha};
-
-/// What a GitHub delivery asks for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Push {
-    /// Build this.
-    Build(Box<Metadata>),
-    /// Nothing to build, and why (for the webhook's answer and the log).
-    Skip(String),
-}
+use crate::metadata::{CommitInfo, Metadata, Person, Push, is_commit_sha};
 
 /// A delivery that claims to be a push but is not a usable one.
 #[derive(Debug, thiserror::Error)]

@@ -53,6 +53,16 @@ pub struct Metadata {
     pub commit_info: Option<CommitInfo>,
 }
 
+/// What a provider's webhook delivery asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Push {
+    /// Build this.
+    Build(Box<Metadata>),
+    /// Nothing to build (a ping, another kind of event, a deleted branch), and why: for the
+    /// webhook's answer and the log. Not an error.
+    Skip(String),
+}
+
 /// Whether `commit` looks like a commit SHA: hex, 7 to 64 characters (Quay: hex, at least 7).
 pub fn is_commit_sha(commit: &str) -> bool {
     (7..=64).contains(&commit.len()) && commit.bytes().all(|b| b.is_ascii_hexdigit())
