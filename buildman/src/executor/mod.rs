@@ -210,6 +210,65 @@ impl ExecutorSettings {
     }
 }
 
+impl ExecutorSettings {
+    /// `NAMESPACE_WHITELIST` and `STAGED_ROLLOUT` for `ns` (see [`allowed_for_namespace`]).
+    pub fn allows_namespace(&self, ns: &str) -> bool {
+        allowed_for_namespace(self.namespace_whitelist.as_deref(), self.staged_rollout, ns)
+    }
+}
+
+/// Refuse a build id that could not name a work directory safely (empty, or anything but
+/// letters, digits, `-` and `_`).
+pub(crate) fn check_build_uuid(build_uuid: &str) -> Result<(), ExecutorError> {
+    let ok = !build_uuid.is_empty()
+        && build_uuid
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ExecutorError::InvalidExecutionId {
+            execution_id: build_uuid.to_owned(),
+        })
+    }
+}
+
+/// Create `<root>/<uuid>-<n>` (0700) for the first `n` whose directory, kept log
+/// (`<dir>.log`) and pid record (`<dir>.pid`) are all free: `n` is the attempt number unless an
+/// earlier attempt left something behind. One numbering for every executor, so they can share a
+/// work root.
+pub(crate) fn create_work_dir(
+    root: &std::path::Path,
+    build_uuid: &str,
+) -> Result<(String, PathBuf), ExecutorError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true).mode(0o700);
+    builder
+        .create(root)
+        .map_err(|source| ExecutorError::WorkDir {
+            path: root.to_path_buf(),
+            source,
+        })?;
+    builder.recursive(false);
+    for n in 1u32..10_000 {
+        let id = format!("{build_uuid}-{n}");
+        let dir = root.join(&id);
+        if popen::log_path(&dir).exists() || popen::pid_path(&dir).exists() {
+            continue;
+        }
+        match builder.create(&dir) {
+            Ok(()) => return Ok((id, dir)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => return Err(ExecutorError::WorkDir { path: dir, source }),
+        }
+    }
+    Err(ExecutorError::WorkDir {
+        path: root.join(format!("{build_uuid}-*")),
+        source: std::io::Error::other("every work directory number is taken"),
+    })
+}
+
 /// Why an executor could not start or stop a worker; each message says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecutorError {

@@ -16,7 +16,7 @@
 //! `<work dir>.pid` records the group so that [`PopenExecutor::reap_orphans`] can stop agents left
 //! behind by a buildman that was killed without a chance to stop them.
 
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -152,40 +152,9 @@ impl PopenExecutor {
         .await
     }
 
-    /// Create `<work_root>/<uuid>-<n>` (0700) for the first `n` whose directory and log are both
-    /// free: `n` is the attempt number unless an earlier attempt's log was kept.
-    fn create_work_dir(&self, build_uuid: &str) -> Result<(String, PathBuf), ExecutorError> {
-        let root = &self.settings.work_root;
-        let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true).mode(0o700);
-        builder
-            .create(root)
-            .map_err(|source| ExecutorError::WorkDir {
-                path: root.clone(),
-                source,
-            })?;
-        builder.recursive(false);
-        for n in 1u32.. {
-            let id = format!("{build_uuid}-{n}");
-            let dir = root.join(&id);
-            if log_path(&dir).exists() {
-                continue;
-            }
-            match builder.create(&dir) {
-                Ok(()) => return Ok((id, dir)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(source) => return Err(ExecutorError::WorkDir { path: dir, source }),
-            }
-        }
-        Err(ExecutorError::WorkDir {
-            path: root.join(format!("{build_uuid}-*")),
-            source: std::io::Error::other("every work directory number is taken"),
-        })
-    }
-
     async fn spawn(&self, job: &StartJob) -> Result<String, ExecutorError> {
         self.check()?;
-        let (id, dir) = self.create_work_dir(&job.build_uuid)?;
+        let (id, dir) = super::create_work_dir(&self.settings.work_root, &job.build_uuid)?;
         let log = log_path(&dir);
         let result = self.spawn_in(job, &id, &dir, &log);
         if result.is_err() {
@@ -286,25 +255,12 @@ impl Executor for PopenExecutor {
     }
 
     fn allowed_for_namespace(&self, ns: &str) -> bool {
-        super::allowed_for_namespace(
-            self.settings.namespace_whitelist.as_deref(),
-            self.settings.staged_rollout,
-            ns,
-        )
+        self.settings.allows_namespace(ns)
     }
 
     #[tracing::instrument(skip(self, job), fields(build_uuid = %job.build_uuid, executor = %self.settings.name))]
     async fn start_builder(&self, job: &StartJob) -> Result<String, ExecutorError> {
-        let uuid_ok = !job.build_uuid.is_empty()
-            && job
-                .build_uuid
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !uuid_ok {
-            return Err(ExecutorError::InvalidExecutionId {
-                execution_id: job.build_uuid.clone(),
-            });
-        }
+        super::check_build_uuid(&job.build_uuid)?;
         self.spawn(job).await
     }
 
@@ -518,14 +474,19 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let root = tempfile::tempdir().unwrap();
         let exec = PopenExecutor::new(ExecutorSettings::new("popen", root.path().join("builds")));
-        let (id, dir) = exec.create_work_dir("b1").unwrap();
+        let (id, dir) = super::super::create_work_dir(&exec.settings.work_root, "b1").unwrap();
         assert_eq!(id, "b1-1");
         assert_eq!(
             std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
             0o700
         );
         std::fs::write(root.path().join("builds/b1-2.log"), "kept").unwrap();
-        assert_eq!(exec.create_work_dir("b1").unwrap().0, "b1-3");
+        assert_eq!(
+            super::super::create_work_dir(&exec.settings.work_root, "b1")
+                .unwrap()
+                .0,
+            "b1-3"
+        );
         assert_eq!(log_path(&dir), root.path().join("builds/b1-1.log"));
     }
 

@@ -72,24 +72,17 @@ pub(super) struct Reaper {
     pub(super) debug: bool,
 }
 
-impl Reaper {
-    fn signal(&self, signal: Signal) {
-        if let Err(e) = process::signal_group(self.pgid, signal) {
-            tracing::error!(build_uuid = %self.build_uuid, execution_id = %self.id, pgid = self.pgid,
-                %signal, error = %e, "failed to signal builder agent group; kill it by hand");
-        }
-    }
-
-    /// SIGTERM the group; returns when the grace period ends.
-    fn terminate(&self) -> Instant {
-        self.signal(Signal::SIGTERM);
-        Instant::now() + GRACE
+/// Signal the agent group `pgid`, logging a failure.
+fn signal_group_logged(pgid: i32, signal: Signal, build_uuid: &str, id: &str) {
+    if let Err(e) = process::signal_group(pgid, signal) {
+        tracing::error!(build_uuid, execution_id = id, pgid, %signal, error = %e,
+            "failed to signal builder agent group; kill it by hand");
     }
 }
 
-/// Why an agent ended, as far as the executor knows.
+/// Why a worker (an agent process, a VM) ended, as far as its executor knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Ending {
+pub(super) enum Ending {
     /// It exited on its own.
     Own,
     /// `stop_builder` or `shutdown_all` asked for it.
@@ -98,33 +91,77 @@ enum Ending {
     Lifetime,
 }
 
-/// Run until the agent has exited and everything it left is gone, then drop it from the map.
-pub(super) async fn reap(mut r: Reaper) {
-    let lifetime = tokio::time::sleep(r.max_lifetime);
+/// How [`wait_worker`] saw a worker end.
+#[derive(Debug)]
+pub(super) struct Waited {
+    /// Its exit status.
+    pub(super) status: std::io::Result<std::process::ExitStatus>,
+    /// Why it ended.
+    pub(super) ending: Ending,
+    /// When the grace after SIGTERM ended or ends; `None` when it exited on its own.
+    pub(super) grace_end: Option<Instant>,
+}
+
+/// Wait for `child` to exit. When `stop` is notified or `max_lifetime` passes (then
+/// `on_lifetime` logs it), `signal(SIGTERM)`, and `signal(SIGKILL)` after [`GRACE`]. The one
+/// lifecycle loop of the popen reaper and the qemu supervisor.
+pub(super) async fn wait_worker(
+    child: &mut tokio::process::Child,
+    stop: &Notify,
+    max_lifetime: Duration,
+    signal: impl Fn(Signal),
+    on_lifetime: impl Fn(),
+) -> Waited {
+    let lifetime = tokio::time::sleep(max_lifetime);
     tokio::pin!(lifetime);
     let mut grace_end: Option<Instant> = None;
     let mut killed = false;
     let mut ending = Ending::Own;
+    let terminate = || {
+        signal(Signal::SIGTERM);
+        Instant::now() + GRACE
+    };
     let status = loop {
         tokio::select! {
-            status = r.child.wait() => break status,
-            () = r.stop.notified(), if grace_end.is_none() => {
+            status = child.wait() => break status,
+            () = stop.notified(), if grace_end.is_none() => {
                 ending = Ending::Stopped;
-                grace_end = Some(r.terminate());
+                grace_end = Some(terminate());
             }
             () = &mut lifetime, if grace_end.is_none() => {
-                tracing::warn!(build_uuid = %r.build_uuid, execution_id = %r.id,
-                    max_lifetime_s = r.max_lifetime.as_secs(), "builder agent exceeded MAX_LIFETIME_S; stopping it");
+                on_lifetime();
                 ending = Ending::Lifetime;
-                grace_end = Some(r.terminate());
+                grace_end = Some(terminate());
             }
             () = tokio::time::sleep_until(grace_end.unwrap_or_else(Instant::now)),
                 if grace_end.is_some() && !killed => {
                 killed = true;
-                r.signal(Signal::SIGKILL);
+                signal(Signal::SIGKILL);
             }
         }
     };
+    Waited {
+        status,
+        ending,
+        grace_end,
+    }
+}
+
+/// Run until the agent has exited and everything it left is gone, then drop it from the map.
+pub(super) async fn reap(mut r: Reaper) {
+    let Waited {
+        status,
+        ending,
+        grace_end,
+    } = wait_worker(
+        &mut r.child,
+        &r.stop,
+        r.max_lifetime,
+        |sig| signal_group_logged(r.pgid, sig, &r.build_uuid, &r.id),
+        || tracing::warn!(build_uuid = %r.build_uuid, execution_id = %r.id,
+            max_lifetime_s = r.max_lifetime.as_secs(), "builder agent exceeded MAX_LIFETIME_S; stopping it"),
+    )
+    .await;
     match (ending, &status) {
         (Ending::Own, Ok(s)) => r
             .children

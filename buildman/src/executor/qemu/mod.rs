@@ -271,25 +271,12 @@ impl Executor for QemuExecutor {
     }
 
     fn allowed_for_namespace(&self, ns: &str) -> bool {
-        super::allowed_for_namespace(
-            self.settings.namespace_whitelist.as_deref(),
-            self.settings.staged_rollout,
-            ns,
-        )
+        self.settings.allows_namespace(ns)
     }
 
     #[tracing::instrument(skip(self, job), fields(build_uuid = %job.build_uuid, executor = %self.settings.name))]
     async fn start_builder(&self, job: &StartJob) -> Result<String, ExecutorError> {
-        let uuid_ok = !job.build_uuid.is_empty()
-            && job
-                .build_uuid
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !uuid_ok {
-            return Err(ExecutorError::InvalidExecutionId {
-                execution_id: job.build_uuid.clone(),
-            });
-        }
+        super::check_build_uuid(&job.build_uuid)?;
         let root = &self.settings.work_root;
         check_space(root, free_space(root)?, self.options.volume_size_bytes)?;
         let detection = self.detection().await?;

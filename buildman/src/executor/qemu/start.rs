@@ -2,8 +2,8 @@
 //! SSH port when debugging keys are configured, and the QEMU process with its supervisor.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use qemu_image::forward;
@@ -16,7 +16,7 @@ use tokio::sync::{Notify, watch};
 use super::console::Console;
 use super::supervise::{self, QEMU_LOG_FILE, Supervisor, Vm};
 use super::{QemuError, QemuExecutor, guest};
-use crate::executor::popen::{log_path, pid_path};
+use crate::executor::popen::pid_path;
 use crate::executor::{ExecutorError, StartJob, process};
 
 /// The per-build scratch disk, in the work directory.
@@ -38,39 +38,6 @@ pub(super) fn vm_name(execution_id: &str) -> String {
     format!("{VM_NAME_PREFIX}{execution_id}")
 }
 
-/// Create `<work_root>/<uuid>-<n>` (0700) for the first `n` whose directory and kept log are
-/// both free (the same numbering as popen, so the two executors can share a work root).
-pub(super) fn create_work_dir(
-    root: &Path,
-    build_uuid: &str,
-) -> Result<(String, PathBuf), ExecutorError> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true).mode(0o700);
-    builder
-        .create(root)
-        .map_err(|source| ExecutorError::WorkDir {
-            path: root.to_path_buf(),
-            source,
-        })?;
-    builder.recursive(false);
-    for n in 1u32..10_000 {
-        let id = format!("{build_uuid}-{n}");
-        let dir = root.join(&id);
-        if log_path(&dir).exists() || pid_path(&dir).exists() {
-            continue;
-        }
-        match builder.create(&dir) {
-            Ok(()) => return Ok((id, dir)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(source) => return Err(ExecutorError::WorkDir { path: dir, source }),
-        }
-    }
-    Err(ExecutorError::WorkDir {
-        path: root.join(format!("{build_uuid}-*")),
-        source: std::io::Error::other("every work directory number is taken"),
-    })
-}
-
 /// What [`QemuExecutor::launch`] prepared, to undo on failure.
 struct Prepared {
     id: String,
@@ -85,7 +52,8 @@ impl QemuExecutor {
         job: &StartJob,
         detection: &Detection,
     ) -> Result<String, ExecutorError> {
-        let (id, dir) = create_work_dir(&self.settings.work_root, &job.build_uuid)?;
+        let (id, dir) =
+            crate::executor::create_work_dir(&self.settings.work_root, &job.build_uuid)?;
         let ssh = match self.reserve_ssh_port() {
             Ok(ssh) => ssh,
             Err(e) => {
@@ -280,13 +248,16 @@ mod tests {
     fn work_dirs_are_numbered_private_and_skip_kept_records() {
         let root = tempfile::tempdir().unwrap();
         let builds = root.path().join("builds");
-        let (id, dir) = create_work_dir(&builds, "b1").unwrap();
+        let (id, dir) = crate::executor::create_work_dir(&builds, "b1").unwrap();
         assert_eq!(id, "b1-1");
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
         std::fs::write(builds.join("b1-2.log"), "kept").unwrap();
         std::fs::write(builds.join("b1-3.pid"), "1 1").unwrap();
-        assert_eq!(create_work_dir(&builds, "b1").unwrap().0, "b1-4");
+        assert_eq!(
+            crate::executor::create_work_dir(&builds, "b1").unwrap().0,
+            "b1-4"
+        );
         assert_eq!(vm_name("b1-4"), "quarry-build-b1-4");
     }
 

@@ -22,7 +22,8 @@ use tokio::time::Instant;
 use super::console::{Console, pump, tail_lines};
 use super::start::CONFIG_FILE;
 use crate::executor::popen::pid_path;
-use crate::executor::process::{self, GRACE};
+use crate::executor::process;
+use crate::executor::reaper::{Ending, Waited, wait_worker};
 use crate::executor::scan::Recorded;
 use crate::executor::sweep::{BuildSweep, SWEEP_GRACE};
 
@@ -104,28 +105,11 @@ pub(super) struct Supervisor {
     pub(super) max_lifetime: Duration,
 }
 
-/// Why a VM ended, as far as the executor knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Ending {
-    /// QEMU exited on its own (the guest powered off, or QEMU failed).
-    Own,
-    /// `stop_builder` or `shutdown_all` asked for it.
-    Stopped,
-    /// It outlived `MAX_LIFETIME_S`.
-    Lifetime,
-}
-
-impl Supervisor {
-    fn signal(&self, signal: Signal) {
-        if let Err(e) = process::signal_group(self.pid, signal) {
-            tracing::error!(build_uuid = %self.build_uuid, execution_id = %self.id, pid = self.pid,
-                %signal, error = %e, "failed to signal the VM's QEMU; kill it by hand");
-        }
-    }
-
-    fn terminate(&self) -> Instant {
-        self.signal(Signal::SIGTERM);
-        Instant::now() + GRACE
+/// Signal QEMU's group `pid`, logging a failure.
+fn signal_qemu(pid: i32, signal: Signal, build_uuid: &str, id: &str) {
+    if let Err(e) = process::signal_group(pid, signal) {
+        tracing::error!(build_uuid, execution_id = id, pid, %signal, error = %e,
+            "failed to signal the VM's QEMU; kill it by hand");
     }
 }
 
@@ -157,31 +141,21 @@ pub(super) async fn supervise(mut s: Supervisor) {
             }
         })
     });
-    let lifetime = tokio::time::sleep(s.max_lifetime);
-    tokio::pin!(lifetime);
-    let mut grace_end: Option<Instant> = None;
-    let mut killed = false;
-    let mut ending = Ending::Own;
-    let status = loop {
-        tokio::select! {
-            status = s.child.wait() => break status,
-            () = s.stop.notified(), if grace_end.is_none() => {
-                ending = Ending::Stopped;
-                grace_end = Some(s.terminate());
-            }
-            () = &mut lifetime, if grace_end.is_none() => {
-                tracing::warn!(build_uuid = %s.build_uuid, execution_id = %s.id,
-                    max_lifetime_s = s.max_lifetime.as_secs(), "VM exceeded MAX_LIFETIME_S; stopping it");
-                ending = Ending::Lifetime;
-                grace_end = Some(s.terminate());
-            }
-            () = tokio::time::sleep_until(grace_end.unwrap_or_else(Instant::now)),
-                if grace_end.is_some() && !killed => {
-                killed = true;
-                s.signal(Signal::SIGKILL);
-            }
-        }
-    };
+    let Waited {
+        status,
+        ending,
+        grace_end,
+    } = wait_worker(
+        &mut s.child,
+        &s.stop,
+        s.max_lifetime,
+        |sig| signal_qemu(s.pid, sig, &s.build_uuid, &s.id),
+        || {
+            tracing::warn!(build_uuid = %s.build_uuid, execution_id = %s.id,
+            max_lifetime_s = s.max_lifetime.as_secs(), "VM exceeded MAX_LIFETIME_S; stopping it")
+        },
+    )
+    .await;
     match (ending, &status) {
         (Ending::Own, Ok(st)) => s
             .vms
