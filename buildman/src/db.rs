@@ -7,8 +7,8 @@ use registry_core::db::{Db, DbError, Schema};
 
 /// buildman's schema; `migrations[i]` upgrades version `i + 1` to `i + 2`.
 pub const BUILD_SCHEMA: Schema = Schema {
-    create: include_str!("schema.sql"),
-    migrations: &[],
+    create: concat!(include_str!("schema.sql"), include_str!("schema_v2.sql")),
+    migrations: &[include_str!("schema_v2.sql")],
 };
 
 /// Why a build-database operation failed.

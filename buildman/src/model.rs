@@ -298,6 +298,7 @@ pub fn create(conn: &Connection, new: &NewBuild) -> Result<Build, BuildDbError> 
         ],
     )?;
     queue::put(conn, &uuid, &new.repository, new.max_retries, 0)?;
+    crate::events::record(conn, &uuid, crate::events::BuildEvent::Queued, None)?;
     get(conn, &uuid)?.ok_or(BuildDbError::NotFound(uuid))
 }
 

@@ -37,6 +37,9 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// The key that encrypts stored secrets could not be read or created.
+    #[error("failed to set up the key for stored secrets")]
+    Secrets(#[from] crate::secrets::SecretError),
     /// The orchestrator could not be reached.
     #[error("failed to set up the orchestrator")]
     Orchestrator(#[from] crate::orchestrator::OrchestratorError),
@@ -210,7 +213,13 @@ pub async fn serve(
         ),
         reader_build_logs: false,
         allow_local_git_sources: config.manager.allow_local_git_sources,
+        triggers: config.triggers.clone(),
+        notifications: config.notifications.clone(),
     };
+    let secrets = Arc::new(crate::secrets::SecretBox::open_or_create(
+        config.data_dir(),
+        config.triggers.secret_key.as_ref(),
+    )?);
     std::fs::create_dir_all(&api_settings.upload_dir)?;
     let keys = registry.keys.clone();
     let url_settings = api_settings.clone();
@@ -229,6 +238,7 @@ pub async fn serve(
         registry: registry.clone(),
         builds,
         control: manager.clone(),
+        secrets,
         settings: api_settings,
     });
 

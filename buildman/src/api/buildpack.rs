@@ -165,6 +165,8 @@ mod tests {
             public_base_url: "http://127.0.0.1:8080/".into(),
             reader_build_logs: false,
             allow_local_git_sources: true,
+            triggers: Default::default(),
+            notifications: Default::default(),
         };
         let url = package_url(&settings, &keys, "f1", Duration::from_secs(60)).unwrap();
         let token = url

@@ -19,8 +19,11 @@ mod buildpack;
 mod builds;
 pub mod error;
 pub mod filedrop;
+mod notifications;
 mod request;
+mod triggers;
 mod view;
+mod webhook;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,6 +56,10 @@ pub struct ApiSettings {
     pub reader_build_logs: bool,
     /// `ALLOW_LOCAL_GIT_SOURCES`: `git.url` may be a path or `file://` URL on the build host.
     pub allow_local_git_sources: bool,
+    /// Build trigger keys (thresholds, `REGISTRY_TITLE`).
+    pub triggers: crate::config::TriggerConfig,
+    /// Notification keys (webhook target rules, mail, timeouts).
+    pub notifications: crate::config::NotificationConfig,
 }
 
 /// What the handlers need.
@@ -64,6 +71,8 @@ pub struct ApiState {
     pub builds: Db,
     /// The running manager (wake the scheduler, cancel builds).
     pub control: Arc<dyn BuildControl>,
+    /// Seals and opens stored secrets (deploy keys, webhook tokens and secrets).
+    pub secrets: Arc<crate::secrets::SecretBox>,
     /// Settings.
     pub settings: ApiSettings,
 }
@@ -94,6 +103,9 @@ pub fn routes(state: ApiState) -> Router {
     r = r
         .route("/api/v1/filedrop/{file_id}", put(filedrop::upload))
         .route("/buildpack/{file_id}", get(buildpack::download));
+    r = triggers::routes(r);
+    r = webhook::routes(r);
+    r = notifications::routes(r);
     r.with_state(Arc::new(state))
 }
 

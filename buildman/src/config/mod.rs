@@ -13,6 +13,7 @@
 
 mod cloud;
 mod error;
+mod events;
 mod executor;
 mod manager;
 mod orchestrator;
@@ -29,6 +30,7 @@ use serde_yaml::{Mapping, Value};
 
 pub use cloud::{Ec2Settings, KubernetesSettings, WorkerSettings};
 pub use error::{ConfigError, ConfigProblem, ConfigWarning, ProblemKind, WarningKind};
+pub use events::{MailConfig, NotificationConfig, TriggerConfig};
 pub use executor::{ContainerRuntime, ExecutorConfig, ExecutorKind};
 pub use manager::{ManagerConfig, ManagerKind};
 pub use orchestrator::{OrchestratorConfig, RedisConfig};
@@ -51,6 +53,10 @@ pub struct Config {
     pub manager: ManagerConfig,
     /// The registry keys, for registry-core.
     pub registry: registry_core::config::Config,
+    /// Build trigger keys (`DATABASE_SECRET_KEY`, disable thresholds, `REGISTRY_TITLE`).
+    pub triggers: TriggerConfig,
+    /// Repository notification keys (`NOTIFICATION_SEND_TIMEOUT`, `MAIL_*`, ...).
+    pub notifications: NotificationConfig,
     warnings: Vec<ConfigWarning>,
     origin: String,
 }
@@ -238,6 +244,7 @@ fn parse(text: &str, origin: String) -> Result<Config, ConfigError> {
         None => Config::default().manager,
     };
     let registry = registry_part(&mut ctx, &mut r);
+    let (triggers, notifications) = events::parse(&mut ctx, &mut r);
     r.finish(&mut ctx, &TOP_LEVEL);
     if !ctx.problems.is_empty() {
         let problems = ctx.problems;
@@ -248,6 +255,8 @@ fn parse(text: &str, origin: String) -> Result<Config, ConfigError> {
         buildman_hostname,
         manager,
         registry,
+        triggers,
+        notifications,
         warnings: ctx.warnings,
         origin,
     })

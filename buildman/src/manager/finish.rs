@@ -332,8 +332,16 @@ pub(super) fn close(
     reason: &str,
 ) -> Result<(), BuildDbError> {
     log_error(tx, build.id, reason)?;
-    if model::close_internal_error(tx, &build.uuid, reason)? && build.phase != Phase::InternalError
-    {
+    let closed = model::close_internal_error(tx, &build.uuid, reason)?;
+    if closed {
+        crate::events::record(
+            tx,
+            &build.uuid,
+            crate::events::BuildEvent::Failure,
+            Some(reason),
+        )?;
+    }
+    if closed && build.phase != Phase::InternalError {
         crate::logs::append(
             tx,
             build.id,

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use super::{Manager, ManagerError, ms};
 use crate::db::BuildDbError;
+use crate::events::{self, BuildEvent};
 use crate::logs::{self, Kind};
 use crate::model::{self, Phase};
 use crate::queue::QueueItem;
@@ -233,6 +234,16 @@ pub(super) fn set_phase_logged(
     let moved = model::set_phase_cas(conn, uuid, from, to, error)?;
     if moved {
         logs::append(conn, build_id, Kind::Phase, to.as_str(), extra)?;
+        let event = match to {
+            Phase::Building => Some(BuildEvent::Start),
+            Phase::Complete => Some(BuildEvent::Success),
+            Phase::Error => Some(BuildEvent::Failure),
+            Phase::Cancelled => Some(BuildEvent::Cancelled),
+            _ => None,
+        };
+        if let Some(event) = event {
+            events::record(conn, uuid, event, error)?;
+        }
     }
     Ok(moved)
 }

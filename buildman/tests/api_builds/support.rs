@@ -128,12 +128,15 @@ impl Fixture {
             public_base_url: format!("{BASE}/"),
             reader_build_logs: false,
             allow_local_git_sources: true,
+            triggers: Default::default(),
+            notifications: Default::default(),
         };
         tweak(&mut settings);
         let state = ApiState {
             registry,
             builds,
             control: control.clone(),
+            secrets: Arc::new(buildman::secrets::SecretBox::from_material(b"test key")),
             settings,
         };
         Fixture {

@@ -1,0 +1,6 @@
+//! Build triggers (reference 5): the `build_trigger` rows, deploy keys, starting builds from
+//! webhook deliveries and manual starts, and disabling triggers whose builds keep failing.
+
+pub mod outcome;
+
+pub use outcome::{BuildOutcome, DisabledReason, TriggerLimits, record_outcome};
