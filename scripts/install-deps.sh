@@ -18,7 +18,7 @@ Packages: podman skopeo buildah redis-server protobuf-compiler docker-registry s
 git ca-certificates containernetworking-plugins uidmap build-essential pkg-config runc
 busybox-static libssl-dev libssh2-1-dev zlib1g-dev openssh-server openssh-client
 qemu-system-x86 socat e2fsprogs
-debootstrap squashfs-tools cpio binutils
+debootstrap squashfs-tools cpio binutils g++
 EOF
 }
 
@@ -47,6 +47,8 @@ PACKAGES=(
     # VM image (qemu-image build): debootstrap makes the root tree, mksquashfs packs it, strip
     # shrinks the binaries; cpio reads the initramfs in its unit tests
     debootstrap squashfs-tools cpio binutils
+    # fuzzing (scripts/fuzz.sh): cargo-fuzz compiles libFuzzer, which is C++
+    g++
 )
 
 installed=()

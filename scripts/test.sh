@@ -12,6 +12,8 @@ the first failing tier (exit 1, naming it):
 
   lint          scripts/lint.sh: rustfmt check, clippy -D warnings, rustdoc -D warnings, shellcheck
   unit          cargo test --lib --bins, then --doc: in-file unit and component tests, doctests
+  fuzz          scripts/fuzz.sh --seconds 6: builds the triggers cargo-fuzz targets (stable,
+                no sanitizer) and runs each for 6 s on a corpus seeded from fixtures/webhooks
   integration   cargo test --test '*': tests/*.rs, e.g. registry-core's conformance suite and
                 crash tests against the live binary on 127.0.0.1
   heavy         cargo test --tests -- --ignored: only the #[ignore]d tests (real skopeo, podman,
@@ -27,10 +29,11 @@ command may take, default 1800), and anything cargo test honours (RUST_TEST_THRE
 EOF
 }
 
-ALL_TIERS=(lint unit integration heavy)
+ALL_TIERS=(lint unit fuzz integration heavy)
 declare -A TIER_LABEL=(
     [lint]="lint"
     [unit]="unit+component"
+    [fuzz]="fuzz"
     [integration]="conformance+integration"
     [heavy]="heavy"
 )
@@ -73,6 +76,10 @@ tier_unit() {
     run "${CARGO_TEST[@]}" --lib --bins
     run "${CARGO_TEST[@]}" --doc
 }
+
+# Bounded: five targets of 6 s each plus a cold build (about 2 minutes on 2 busy cores) stay
+# under 3 minutes; a warm build takes seconds.
+tier_fuzz() { run scripts/fuzz.sh --seconds 6; }
 
 # Every binary first: buildman's tests start builder-agent, which lives in another package.
 build_bins() { run cargo build --workspace --locked --bins; }

@@ -17,6 +17,7 @@ pub mod grpc;
 pub mod logs;
 pub mod manager;
 pub mod model;
+pub mod notify;
 pub mod orchestrator;
 pub mod queue;
 pub mod secrets;

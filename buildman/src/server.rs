@@ -233,7 +233,20 @@ pub async fn serve(
         orchestrator,
         executors,
         package_url,
+        secrets: secrets.clone(),
     });
+    let notify_parts = crate::notify::NotifyParts {
+        builds: builds.clone(),
+        registry: registry.db.clone(),
+        settings: crate::notify::NotifySettings {
+            public_base_url: api_settings.public_base_url.clone(),
+            server_hostname: config.registry.server_hostname.clone(),
+            limits: crate::trigger::TriggerLimits::from(&config.triggers),
+            config: config.notifications.clone(),
+            poll: Duration::from_secs(1),
+            retry_base: Duration::from_secs(30),
+        },
+    };
     let api = api::routes(ApiState {
         registry: registry.clone(),
         builds,
@@ -255,6 +268,9 @@ pub async fn serve(
         let rx = stop_rx.clone();
         tokio::spawn(async move { manager.run(stopped(rx)).await })
     };
+    // Notifications run beside the manager, over database rows only: a slow target never holds
+    // up a build.
+    let notify_task = crate::notify::spawn(notify_parts, stop_rx.clone());
     let grpc_task = {
         let rx = stop_rx.clone();
         // tonic ignores Server::tcp_nodelay for a caller-provided stream; without NODELAY each of
@@ -289,6 +305,9 @@ pub async fn serve(
         Some(r) => r,
         None => manager_task.await,
     };
+    if let Err(e) = notify_task.await {
+        tracing::error!(error = %e, "notification task panicked");
+    }
     let grpc_result = grpc_task.await;
     let http_result = http_task.await;
     match manager_result {

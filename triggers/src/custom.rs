@@ -1,12 +1,14 @@
 //! The custom-git webhook: a JSON body in Quay's custom schema (`commit`, `ref`,
 //! `default_branch`, optional `commit_info`), built from the trigger's own `build_source` URL.
-//! Quay falls back to the GitHub, Bitbucket and GitLab schemas for a body that is not in the
-//! custom one; that fallback comes with those mappings.
+//! A body that is not in the custom schema is mapped from the first of the GitHub, Bitbucket and
+//! GitLab push shapes that fits, as Quay does ([`crate::webhook::parse`] calls `parse_any`).
 
 use serde::Deserialize;
 
-use crate::metadata::{CommitInfo, Metadata, is_commit_sha};
+use crate::metadata::{CommitInfo, Metadata, Push, is_commit_sha};
 use crate::refs::ParsedRef;
+use crate::webhook::PayloadError;
+use crate::{bitbucket, github, gitlab};
 
 /// Why a custom-git body cannot start a build; the message says what was wrong.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +53,44 @@ pub fn parse(body: &[u8], git_url: &str) -> Result<Metadata, CustomError> {
         default_branch: Some(b.default_branch),
         commit_info: b.commit_info,
     })
+}
+
+/// Quay's custom-git handler: the custom schema as is, else the first of the GitHub, Bitbucket
+/// and GitLab shapes that fits, mapped without API calls; the clone URL is always the trigger's.
+///
+/// `events` are the `X-GitHub-Event` and `X-Event-Key` headers, for the provider shapes.
+pub(crate) fn parse_any(
+    body: &[u8],
+    git_url: &str,
+    (github_event, bitbucket_event): (Option<&str>, Option<&str>),
+) -> Result<Push, PayloadError> {
+    let custom_error = match parse(body, git_url) {
+        Ok(metadata) => return Ok(Push::Build(Box::new(metadata))),
+        Err(e) => e,
+    };
+    let fallback = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(value) if github::fits(&value) => Some(github::parse(github_event, body)?),
+        Ok(value) if bitbucket::fits(&value) => Some(bitbucket::parse(bitbucket_event, body)?),
+        Ok(value) if gitlab::fits(&value) => Some(gitlab::parse(body)?),
+        _ => None,
+    };
+    match fallback {
+        Some(Push::Build(mut metadata)) => {
+            git_url.clone_into(&mut metadata.git_url);
+            Ok(Push::Build(metadata))
+        }
+        Some(skip) => Ok(skip),
+        None => Err(PayloadError::Custom {
+            custom: custom_message(&custom_error),
+        }),
+    }
+}
+
+fn custom_message(e: &CustomError) -> String {
+    match e {
+        CustomError::Invalid(reason) => reason.clone(),
+        other => other.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -125,5 +165,41 @@ mod tests {
             let e = parse(body, URL).unwrap_err().to_string();
             assert!(e.contains(want), "{e:?} lacks {want:?}");
         }
+    }
+
+    const NO_EVENTS: (Option<&str>, Option<&str>) = (None, None);
+
+    #[test]
+    fn custom_git_uses_its_schema_then_the_providers_with_the_triggers_url() {
+        let url = "ssh://git@git.example.net/srv/app.git";
+        let custom = br#"{"commit": "1c002dd", "ref": "refs/heads/a", "default_branch": "a",
+                          "git_url": "elsewhere"}"#;
+        let Push::Build(m) = parse_any(custom, url, NO_EVENTS).unwrap() else {
+            panic!("skipped");
+        };
+        assert_eq!((m.commit.as_str(), m.git_url.as_str()), ("1c002dd", url));
+        let Push::Build(m) = parse_any(
+            crate::webhook::tests::GITHUB_PUSH.as_bytes(),
+            url,
+            NO_EVENTS,
+        )
+        .unwrap() else {
+            panic!("skipped");
+        };
+        assert_eq!(m.git_url, url, "the payload's ssh_url is replaced");
+        assert_eq!(m.git_ref.as_deref(), Some("refs/heads/main"));
+        let gitlab = br#"{"object_kind": "note"}"#;
+        assert!(matches!(
+            parse_any(gitlab, url, NO_EVENTS),
+            Ok(Push::Skip(_))
+        ));
+        let e = parse_any(br#"{"hello": 1}"#, url, NO_EVENTS).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "custom git webhook body is neither the custom schema (missing field `commit` at line 1 \
+             column 12) nor a GitHub push, Bitbucket repo:push or GitLab push payload"
+        );
+        let e = parse_any(b"not json", url, NO_EVENTS).unwrap_err();
+        assert!(e.to_string().contains("expected ident"), "{e}");
     }
 }

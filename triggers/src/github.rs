@@ -49,6 +49,8 @@ struct Who {
 struct Repository {
     ssh_url: String,
     #[serde(default)]
+    full_name: Option<String>,
+    #[serde(default)]
     default_branch: Option<String>,
 }
 
@@ -63,18 +65,32 @@ fn person(who: Option<Who>) -> Option<Person> {
 /// Parse a delivery whose `X-GitHub-Event` header is `event` (`None` when absent: the body
 /// decides).
 pub fn parse(event: Option<&str>, body: &[u8]) -> Result<Push, GithubError> {
+    parse_with_repository(event, body).map(|(push, _)| push)
+}
+
+/// Like [`parse`], with the repository's `full_name` (`owner/repo`) when the push names it.
+pub(crate) fn parse_with_repository(
+    event: Option<&str>,
+    body: &[u8],
+) -> Result<(Push, Option<String>), GithubError> {
     match event {
-        Some("ping") => return Ok(Push::Skip("github ping".into())),
+        Some("ping") => return Ok((Push::Skip("github ping".into()), None)),
         Some("push") | None => {}
-        Some(other) => return Ok(Push::Skip(format!("github {other} event, not a push"))),
+        Some(other) => {
+            return Ok((
+                Push::Skip(format!("github {other} event, not a push")),
+                None,
+            ));
+        }
     }
     let b: Body = serde_json::from_slice(body).map_err(|e| GithubError(e.to_string()))?;
     if b.zen.is_some() {
-        return Ok(Push::Skip("github ping".into()));
+        return Ok((Push::Skip("github ping".into()), None));
     }
     let Some(head) = b.head_commit else {
-        return Ok(Push::Skip(
-            "github push without a head commit (a deleted branch)".into(),
+        return Ok((
+            Push::Skip("github push without a head commit (a deleted branch)".into()),
+            None,
         ));
     };
     let repo = b
@@ -89,7 +105,7 @@ pub fn parse(event: Option<&str>, body: &[u8]) -> Result<Push, GithubError> {
     let git_ref = b
         .git_ref
         .ok_or_else(|| GithubError("missing field `ref`".into()))?;
-    Ok(Push::Build(Box::new(Metadata {
+    let metadata = Metadata {
         commit: head.id.to_ascii_lowercase(),
         git_url: repo.ssh_url,
         git_ref: Some(git_ref),
@@ -101,7 +117,17 @@ pub fn parse(event: Option<&str>, body: &[u8]) -> Result<Push, GithubError> {
             author: person(head.author),
             committer: person(head.committer),
         }),
-    })))
+    };
+    Ok((Push::Build(Box::new(metadata)), repo.full_name))
+}
+
+/// Whether `body` has the shape of a GitHub push or ping (custom-git's fallback).
+pub(crate) fn fits(body: &serde_json::Value) -> bool {
+    body.get("zen").is_some()
+        || (body.get("head_commit").is_some()
+            && body
+                .get("repository")
+                .is_some_and(serde_json::Value::is_object))
 }
 
 #[cfg(test)]

@@ -15,8 +15,12 @@ use crate::metadata::{CommitInfo, Metadata, Person, Push, is_commit_sha};
 pub struct GitlabError(String);
 
 #[derive(Deserialize)]
-struct Body {
+struct Kind {
     object_kind: String,
+}
+
+#[derive(Deserialize)]
+struct Body {
     #[serde(rename = "ref", default)]
     git_ref: Option<String>,
     #[serde(default)]
@@ -38,6 +42,8 @@ struct Body {
 struct Project {
     #[serde(default)]
     default_branch: Option<String>,
+    #[serde(default)]
+    path_with_namespace: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -66,21 +72,31 @@ struct Author {
 
 /// Parse a delivery (the `X-Gitlab-Event` header is informative only: `object_kind` decides).
 pub fn parse(body: &[u8]) -> Result<Push, GitlabError> {
+    parse_with_repository(body).map(|(push, _)| push)
+}
+
+/// Whether `body` has the shape of a GitLab event (custom-git's fallback).
+pub(crate) fn fits(body: &serde_json::Value) -> bool {
+    body.get("object_kind")
+        .is_some_and(serde_json::Value::is_string)
+}
+
+/// Like [`parse`], with the project's `path_with_namespace` (`group/project`) when it is given.
+pub(crate) fn parse_with_repository(body: &[u8]) -> Result<(Push, Option<String>), GitlabError> {
+    // The kind first: other events (merge requests, notes) have other shapes for the same keys.
+    let kind: Kind = serde_json::from_slice(body).map_err(|e| GitlabError(e.to_string()))?;
+    if kind.object_kind != "push" && kind.object_kind != "tag_push" {
+        let why = format!("gitlab {} event, not a push", kind.object_kind);
+        return Ok((Push::Skip(why), None));
+    }
     let b: Body = serde_json::from_slice(body).map_err(|e| GitlabError(e.to_string()))?;
-    if b.object_kind != "push" && b.object_kind != "tag_push" {
-        return Ok(Push::Skip(format!(
-            "gitlab {} event, not a push",
-            b.object_kind
-        )));
-    }
-    if b.object_kind == "push" && b.commits.is_empty() {
-        return Ok(Push::Skip("gitlab push without commits".into()));
-    }
     let commit = b.checkout_sha.or(b.after).unwrap_or_default();
     if commit.is_empty() || commit.bytes().all(|c| c == b'0') {
-        return Ok(Push::Skip(
-            "gitlab push without a commit (a deleted branch or tag)".into(),
-        ));
+        let why = "gitlab push without a commit (a deleted branch or tag)";
+        return Ok((Push::Skip(why.into()), None));
+    }
+    if kind.object_kind == "push" && b.commits.is_empty() {
+        return Ok((Push::Skip("gitlab push without commits".into()), None));
     }
     if !is_commit_sha(&commit) {
         return Err(GitlabError(format!(
@@ -117,13 +133,18 @@ pub fn parse(body: &[u8]) -> Result<Push, GitlabError> {
                 committer: None,
             }
         });
-    Ok(Push::Build(Box::new(Metadata {
+    let (default_branch, full_name) = b
+        .project
+        .map(|p| (p.default_branch, p.path_with_namespace))
+        .unwrap_or_default();
+    let metadata = Metadata {
         commit: commit.to_ascii_lowercase(),
         git_url: repo.git_ssh_url,
         git_ref: Some(git_ref),
-        default_branch: b.project.and_then(|p| p.default_branch),
+        default_branch,
         commit_info,
-    })))
+    };
+    Ok((Push::Build(Box::new(metadata)), full_name))
 }
 
 #[cfg(test)]

@@ -51,15 +51,30 @@ pub fn escape_tag(raw: &str) -> String {
 }
 
 /// The tags of a push of `git_ref` (if any) at `commit`, before templates: the ref's name and
-/// `latest` on the default branch per `options`, escaped and de-duplicated (sorted); the first 7
-/// characters of `commit` when that leaves nothing. `latest` is given for a branch only (Quay also
-/// gives it to a tag named like the default branch).
+/// `latest` on the default branch per `options` ([`ref_tags`]), sorted; [`short_sha_tag`] when
+/// that leaves nothing. `latest` is given for a branch only (Quay also gives it to a tag named like
+/// the default branch).
 pub fn default_tags(
     git_ref: Option<&str>,
     default_branch: Option<&str>,
     commit: &str,
     options: TagOptions,
 ) -> Vec<String> {
+    let mut tags = ref_tags(git_ref, default_branch, options);
+    if tags.is_empty() {
+        tags.insert(short_sha_tag(commit));
+    }
+    tags.into_iter().collect()
+}
+
+/// The tags a ref gives, escaped, without the short-commit fallback (templates come before that
+/// fallback, see `plan::decide`): the ref's name if `default_tag_from_ref`, `latest` for a push
+/// to the default branch if `latest_for_default_branch`.
+pub fn ref_tags(
+    git_ref: Option<&str>,
+    default_branch: Option<&str>,
+    options: TagOptions,
+) -> BTreeSet<String> {
     let mut tags = BTreeSet::new();
     if let Some(parsed) = git_ref.and_then(ParsedRef::parse) {
         if options.default_tag_from_ref {
@@ -72,10 +87,12 @@ pub fn default_tags(
             tags.insert("latest".to_owned());
         }
     }
-    if tags.is_empty() {
-        tags.insert(escape_tag(&commit.chars().take(7).collect::<String>()));
-    }
-    tags.into_iter().collect()
+    tags
+}
+
+/// The tag of last resort: the first 7 characters of `commit`, escaped.
+pub fn short_sha_tag(commit: &str) -> String {
+    escape_tag(&commit.chars().take(7).collect::<String>())
 }
 
 #[cfg(test)]

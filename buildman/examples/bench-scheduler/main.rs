@@ -152,6 +152,7 @@ async fn run(args: &Args) -> anyhow::Result<serde_json::Value> {
         orchestrator: Arc::new(MemoryOrchestrator::new()),
         executors: vec![executor],
         package_url: Arc::new(|file_id, _| Ok(format!("http://files.invalid/{file_id}"))),
+        secrets: Arc::new(buildman::secrets::SecretBox::from_material(b"test key")),
     });
     // The gRPC server as buildman::server::serve sets it up.
     let svc = buildman::grpc::service(Arc::clone(&manager));

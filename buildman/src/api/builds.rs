@@ -32,8 +32,8 @@ const MAX_LIMIT: i64 = 100;
 
 /// The caller's standing on a repository, once checked.
 #[derive(Clone, Copy, Debug)]
-struct Access {
-    role: Role,
+pub(super) struct Access {
+    pub(super) role: Role,
 }
 
 /// Check that `caller` has at least `need` on `name` and that the repository exists.
@@ -47,13 +47,24 @@ async fn authorize(
     name: RepoName,
     need: Role,
 ) -> Result<Access, BuildApiError> {
-    let su = state.registry.config.super_users.clone();
-    let anonymous_access = state.registry.config.anonymous_access;
     let verb = match need {
         Role::Admin => "cancel builds of",
         Role::Write => "start builds in",
         _ => "view builds of",
     };
+    authorize_to(state, caller, name, need, verb).await
+}
+
+/// [`authorize`] with the action a refusal names (`"<verb> repository \"ns/repo\""`).
+pub(super) async fn authorize_to(
+    state: &Shared,
+    caller: Option<Principal>,
+    name: RepoName,
+    need: Role,
+    verb: &'static str,
+) -> Result<Access, BuildApiError> {
+    let su = state.registry.config.super_users.clone();
+    let anonymous_access = state.registry.config.anonymous_access;
     state
         .registry
         .db
@@ -80,16 +91,17 @@ async fn authorize(
         .await
 }
 
-fn viewer(state: &Shared, access: Access) -> Viewer {
+pub(super) fn viewer(state: &Shared, access: Access) -> Viewer {
     let writer = access.role >= Role::Write;
     Viewer {
         writer,
         sees_archive: writer || (state.settings.reader_build_logs && access.role >= Role::Read),
+        admin: access.role >= Role::Admin,
     }
 }
 
 /// The signed download URL of `build`'s upload, when the viewer may see sources.
-fn upload_url(
+pub(super) fn upload_url(
     state: &ApiState,
     build: &Build,
     viewer: Viewer,
@@ -341,7 +353,7 @@ pub(crate) async fn create(
 
 /// Quay's rules for `pull_robot`: a robot of the repository's namespace (else 400), existing
 /// (else 404), whose namespace the caller administers (else 403).
-async fn check_pull_robot(
+pub(super) async fn check_pull_robot(
     state: &Shared,
     caller: &Principal,
     repo: &RepoName,

@@ -21,6 +21,8 @@ pub mod error;
 pub mod filedrop;
 mod notifications;
 mod request;
+mod trigger_error;
+mod trigger_start;
 mod triggers;
 mod view;
 mod webhook;

@@ -1,10 +1,338 @@
-//! (being written: issue 5)
+//! Repository notifications (reference 7.2, repository admins):
+//! `GET|POST /api/v1/repository/{ns}/{repo}/notification/`,
+//! `GET|DELETE|POST(reset) .../notification/{uuid}`, `POST .../notification/{uuid}/test`; and
+//! the caller's in-app list: `GET /api/v1/user/notifications`,
+//! `PUT /api/v1/user/notifications/{uuid}` `{"dismissed": bool}`.
 
-use axum::Router;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use bytes::Bytes;
+use http::StatusCode;
+use registry_core::accounts::credentials::{self, Principal};
+use registry_core::accounts::permissions::Role;
+use registry_core::api::common::{forbidden, repo_name};
+use registry_core::api::error::{ApiV1Error, quay_error_response};
+use registry_core::names::RepoName;
+use registry_core::repos;
+use serde::Deserialize;
+use serde_json::{Value, json};
 
-use super::Shared;
+use super::view::rfc2822_ms;
+use super::{BuildApiError, Caller, Shared, both, parse_json};
+use crate::notify::check::{self, NotificationConfigError, NotificationRequest};
+use crate::notify::inbox;
+use crate::notify::methods::{Method, inapp};
+use crate::notify::model::{self, NewNotification, Notification};
+use crate::notify::payload::{self, Urls};
+
+/// How many in-app notifications the list shows.
+const INBOX_LIMIT: u32 = 100;
+
+/// An error of these routes.
+#[derive(Debug, thiserror::Error)]
+enum NotificationApiError {
+    /// Authentication, permissions, names, databases: as the builds API answers.
+    #[error(transparent)]
+    Api(#[from] BuildApiError),
+    /// The notification is refused (400).
+    #[error(transparent)]
+    Invalid(#[from] NotificationConfigError),
+    /// No such notification in this repository.
+    #[error("notification {uuid:?} does not exist in repository {repository:?}")]
+    NoNotification { uuid: String, repository: String },
+    /// No such in-app notification of the caller.
+    #[error("notification {uuid:?} does not exist")]
+    NoUserNotification { uuid: String },
+}
+
+impl From<ApiV1Error> for NotificationApiError {
+    fn from(e: ApiV1Error) -> Self {
+        NotificationApiError::Api(e.into())
+    }
+}
+
+impl From<crate::db::BuildDbError> for NotificationApiError {
+    fn from(e: crate::db::BuildDbError) -> Self {
+        NotificationApiError::Api(e.into())
+    }
+}
+
+impl From<registry_core::db::DbError> for NotificationApiError {
+    fn from(e: registry_core::db::DbError) -> Self {
+        NotificationApiError::Api(e.into())
+    }
+}
+
+impl From<registry_core::accounts::AccountError> for NotificationApiError {
+    fn from(e: registry_core::accounts::AccountError) -> Self {
+        NotificationApiError::Api(e.into())
+    }
+}
+
+impl From<inapp::InAppTargetError> for NotificationApiError {
+    fn from(e: inapp::InAppTargetError) -> Self {
+        match e {
+            inapp::InAppTargetError::Accounts(a) => a.into(),
+            other => NotificationApiError::Invalid(other.into()),
+        }
+    }
+}
+
+impl IntoResponse for NotificationApiError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            NotificationApiError::Api(e) => return e.into_response(),
+            NotificationApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            NotificationApiError::NoNotification { .. }
+            | NotificationApiError::NoUserNotification { .. } => StatusCode::NOT_FOUND,
+        };
+        quay_error_response(status, &self)
+    }
+}
+
+type Result<T> = std::result::Result<T, NotificationApiError>;
 
 /// Register this module's routes on `r`.
 pub(super) fn routes(r: Router<Shared>) -> Router<Shared> {
-    r
+    const LIST: &str = "/api/v1/repository/{ns}/{repo}/notification/";
+    const ONE: &str = "/api/v1/repository/{ns}/{repo}/notification/{uuid}";
+    let mut r = both(r, LIST, get(list).post(create));
+    r = both(r, ONE, get(get_one).delete(delete).post(reset));
+    r = both(r, &format!("{ONE}/test"), post(test));
+    r = both(r, "/api/v1/user/notifications", get(user_list));
+    both(r, "/api/v1/user/notifications/{uuid}", put(user_update))
+}
+
+/// Check that `caller` administers the existing repository `name` (401/403/404 as the builds
+/// API answers).
+async fn admin(state: &Shared, caller: Principal, name: RepoName) -> Result<()> {
+    let su = state.registry.config.super_users.clone();
+    state
+        .registry
+        .db
+        .read(move |conn| {
+            let role = credentials::repo_role(conn, Some(&caller), &su, &name)?;
+            if role < Role::Admin {
+                return Err(forbidden(format!(
+                    "manage notifications of repository {:?}",
+                    name.as_str()
+                ))
+                .into());
+            }
+            if repos::find(conn, &name)?.is_none() {
+                return Err(ApiV1Error::NotFound {
+                    kind: "repository",
+                    name: name.to_string(),
+                }
+                .into());
+            }
+            Ok(())
+        })
+        .await
+}
+
+fn urls(state: &Shared) -> Urls {
+    Urls {
+        public_base_url: state.settings.public_base_url.clone(),
+        server_hostname: state.registry.config.server_hostname.clone(),
+    }
+}
+
+/// Quay's notification view.
+fn view(n: &Notification) -> Value {
+    json!({
+        "uuid": n.uuid,
+        "title": n.title,
+        "event": n.event,
+        "method": n.method,
+        "config": n.config,
+        "event_config": n.event_config,
+        "number_of_failures": n.number_of_failures,
+    })
+}
+
+async fn list(
+    State(state): State<Shared>,
+    Caller(caller): Caller,
+    Path((ns, repo)): Path<(String, String)>,
+) -> Result<Json<Value>> {
+    let name = repo_name(&ns, &repo)?;
+    admin(&state, caller, name.clone()).await?;
+    let all = state
+        .builds
+        .read(move |conn| model::list(conn, name.as_str()))
+        .await?;
+    let views: Vec<Value> = all.iter().map(view).collect();
+    Ok(Json(json!({ "notifications": views })))
+}
+
+async fn create(
+    State(state): State<Shared>,
+    Caller(caller): Caller,
+    Path((ns, repo)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response> {
+    let name = repo_name(&ns, &repo)?;
+    admin(&state, caller.clone(), name.clone()).await?;
+    let req: NotificationRequest = parse_json(&body)?;
+    let (method, config, event_config) = check::check(
+        &req,
+        &state.settings.notifications,
+        &urls(&state),
+        name.as_str(),
+    )?;
+    if method == Method::QuayNotification {
+        let (namespace, cfg) = (name.namespace().to_owned(), config.clone());
+        state
+            .registry
+            .db
+            .read(move |conn| {
+                let target = inapp::target(&cfg)?;
+                inapp::recipients(conn, &namespace, target)?;
+                Ok::<_, NotificationApiError>(())
+            })
+            .await?;
+    }
+    let new = NewNotification {
+        repository: name.to_string(),
+        event: req.event,
+        method: method.as_str().to_owned(),
+        title: req
+            .title
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty()),
+        config,
+        event_config,
+        created_by: caller.account.name,
+    };
+    let n = state
+        .builds
+        .write(move |tx| model::create(tx, &new))
+        .await?;
+    tracing::info!(notification = %n.uuid, repository = %n.repository, event = %n.event,
+        method = %n.method, "notification created");
+    Ok((StatusCode::CREATED, Json(view(&n))).into_response())
+}
+
+/// The notification `uuid` of the repository, after the admin check.
+async fn find(
+    state: &Shared,
+    caller: Principal,
+    ns: &str,
+    repo: &str,
+    uuid: String,
+) -> Result<Notification> {
+    let name = repo_name(ns, repo)?;
+    admin(state, caller, name.clone()).await?;
+    let repository = name.to_string();
+    let (r2, u2) = (repository.clone(), uuid.clone());
+    state
+        .builds
+        .read(move |conn| model::get(conn, &r2, &u2))
+        .await?
+        .ok_or(NotificationApiError::NoNotification { uuid, repository })
+}
+
+async fn get_one(
+    State(state): State<Shared>,
+    Caller(caller): Caller,
+    Path((ns, repo, uuid)): Path<(String, String, String)>,
+) -> Result<Json<Value>> {
+    let n = find(&state, caller, &ns, &repo, uuid).await?;
+    Ok(Json(view(&n)))
+}
+
+async fn delete(
+    State(state): State<Shared>,
+    Caller(caller): Caller,
+    Path((ns, repo, uuid)): Path<(String, String, String)>,
+) -> Result<StatusCode> {
+    let n = find(&state, caller, &ns, &repo, uuid).await?;
+    let (repository, uuid) = (n.repository.clone(), n.uuid.clone());
+    state
+        .builds
+        .write(move |tx| model::delete(tx, &repository, &uuid))
+        .await?;
+    tracing::info!(notification = %n.uuid, repository = %n.repository, "notification deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Quay's `POST .../notification/{uuid}`: reset the failure count (204).
+async fn reset(
+    State(state): State<Shared>,
+    Caller(caller): Caller,
+    Path((ns, repo, uuid)): Path<(String, String, String)>,
+) -> Result<StatusCode> {
+    let n = find(&state, caller, &ns, &repo, uuid).await?;
+    let (repository, uuid) = (n.repository.clone(), n.uuid.clone());
+    state
+        .builds
+        .write(move |tx| model::reset_failures(tx, &repository, &uuid))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST .../notification/{uuid}/test`: queue one delivery with sample data of its event.
+async fn test(
+    State(state): State<Shared>,
+    Caller(caller): Caller,
+    Path((ns, repo, uuid)): Path<(String, String, String)>,
+) -> Result<Json<Value>> {
+    let n = find(&state, caller, &ns, &repo, uuid).await?;
+    let data = payload::sample(&urls(&state), &n.repository, &n.event);
+    let (uuid, event) = (n.uuid.clone(), n.event.clone());
+    state
+        .builds
+        .write(move |tx| model::queue(tx, &uuid, &event, &data))
+        .await?;
+    Ok(Json(json!({})))
+}
+
+async fn user_list(State(state): State<Shared>, Caller(caller): Caller) -> Result<Json<Value>> {
+    let user = caller.account.name;
+    let rows = state
+        .builds
+        .read(move |conn| inbox::list(conn, &user, INBOX_LIMIT))
+        .await?;
+    let views: Vec<Value> = rows
+        .iter()
+        .map(|n| {
+            json!({
+                "id": n.uuid,
+                "kind": n.kind,
+                "created": rfc2822_ms(n.created_ms),
+                "metadata": n.metadata,
+                "dismissed": n.dismissed,
+                "organization": null,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "notifications": views })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Dismiss {
+    dismissed: bool,
+}
+
+async fn user_update(
+    State(state): State<Shared>,
+    Caller(caller): Caller,
+    Path(uuid): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>> {
+    let req: Dismiss = parse_json(&body)?;
+    let user = caller.account.name;
+    let u2 = uuid.clone();
+    let found = state
+        .builds
+        .write(move |tx| inbox::set_dismissed(tx, &user, &u2, req.dismissed))
+        .await?;
+    if !found {
+        return Err(NotificationApiError::NoUserNotification { uuid });
+    }
+    Ok(Json(json!({"id": uuid, "dismissed": req.dismissed})))
 }

@@ -1,4 +1,5 @@
-//! Quay's build view (reference 6.1), plus Quarry's `manifest_digests` and `attempts`.
+//! Quay's build view (reference 6.1), plus Quarry's `manifest_digests` and `attempts`, and
+//! Quay's trigger view (6.2).
 
 use rusqlite::Connection;
 use serde_json::{Value, json};
@@ -6,6 +7,7 @@ use serde_json::{Value, json};
 use crate::db::BuildDbError;
 use crate::model::{Build, Phase};
 use crate::queue;
+use crate::trigger::{self, StoreError, Trigger};
 
 /// What the caller may see of a build beyond the basic view.
 #[derive(Clone, Copy, Debug, Default)]
@@ -14,6 +16,74 @@ pub(crate) struct Viewer {
     pub(crate) writer: bool,
     /// May see `archive_url` (writers, or everyone with `reader_build_logs`).
     pub(crate) sees_archive: bool,
+    /// Administers the repository: sees the trigger's config.
+    pub(crate) admin: bool,
+}
+
+/// Quay's `trigger_view`. `admin` sees the config (with `credentials`: the deploy key, and the
+/// webhook URL when `webhook_url` is given; never the webhook secret, only
+/// `has_webhook_secret`). A build's view (`for_build`) has no `pull_robot`.
+pub(crate) fn trigger_view(
+    t: &Trigger,
+    admin: bool,
+    for_build: bool,
+    webhook_url: Option<&str>,
+) -> Value {
+    let source = Some(t.build_source()).filter(|s| !s.is_empty());
+    let config = if admin {
+        let mut config = t.config.clone();
+        let mut credentials = vec![json!({"name": "SSH Public Key", "value": t.public_key})];
+        if let Some(url) = webhook_url {
+            credentials.push(json!({"name": "Webhook Endpoint URL", "value": url}));
+        }
+        config.insert("credentials".to_owned(), Value::Array(credentials));
+        config.insert(
+            "has_webhook_secret".to_owned(),
+            Value::Bool(t.secure_webhook_secret.is_some()),
+        );
+        Value::Object(config)
+    } else {
+        json!({})
+    };
+    let mut view = json!({
+        "id": t.uuid,
+        "service": t.service.as_str(),
+        "is_active": t.is_active(),
+        "build_source": source,
+        "repository_url": source.and_then(|s| trigger::push::repository_url(t.service, s)),
+        "config": config,
+        "can_invoke": admin,
+        "enabled": t.enabled,
+        "disabled_reason": t.disabled_reason,
+    });
+    if !for_build {
+        view["pull_robot"] = t.pull_robot.as_ref().map_or(
+            Value::Null,
+            |r| json!({"name": r, "kind": "user", "is_robot": true}),
+        );
+    }
+    view
+}
+
+/// The trigger part of a build's view: `null` without a trigger or once it is deleted.
+fn build_trigger_view(
+    conn: &Connection,
+    build: &Build,
+    viewer: Viewer,
+) -> Result<Value, BuildDbError> {
+    let Some(uuid) = &build.trigger_uuid else {
+        return Ok(Value::Null);
+    };
+    match trigger::store::get(conn, uuid) {
+        Ok(Some(t)) => Ok(trigger_view(&t, viewer.admin, true, None)),
+        Ok(None) => Ok(Value::Null),
+        Err(StoreError::Db(e)) => Err(e),
+        Err(e) => {
+            tracing::warn!(build_id = %build.uuid, trigger = %uuid, error = %e,
+                "trigger of a build is unreadable; shown as null");
+            Ok(Value::Null)
+        }
+    }
 }
 
 /// The phase the API shows: Quay's `expired` for `internalerror` with no retry left (or no queue
@@ -73,7 +143,7 @@ pub(crate) fn build_view(
         "tags": job.docker_tags,
         "manual_user": build.manual_user,
         "is_writer": viewer.writer,
-        "trigger": Value::Null,
+        "trigger": build_trigger_view(conn, build, viewer)?,
         "trigger_metadata": trigger_metadata,
         "resource_key": build.resource_key,
         "pull_robot": pull_robot,
@@ -169,6 +239,7 @@ mod tests {
             let writer = Viewer {
                 writer: true,
                 sees_archive: true,
+                admin: false,
             };
             let v = build_view(c, &b, writer, None)?;
             assert_eq!(

@@ -12,6 +12,7 @@ use super::jobs::credential_titles;
 use super::{Manager, ManagerError, ms};
 use crate::model::Build;
 use crate::tokens::{BuildContext, JobIdentity, TokenType};
+use crate::trigger::store::{self, StoreError, Trigger};
 
 /// Where the agent gets the source.
 #[derive(Clone, PartialEq, Eq)]
@@ -137,6 +138,7 @@ impl Manager {
         attempt_id: &str,
     ) -> Result<BuildPackSpec, ManagerError> {
         let cfg = &build.job_config;
+        let trigger = self.trigger_of(build).await?;
         let source = if let Some(url) = &cfg.archive_url {
             PackSource::Url(url.clone())
         } else if let Some(file_id) = &build.resource_key {
@@ -144,11 +146,22 @@ impl Manager {
                 .map_err(ManagerError::PackageUrl)?;
             PackSource::Url(url)
         } else if let Some(git) = &cfg.git {
-            // Deploy keys come with triggers (issue 5); public and local repositories need none.
+            // A trigger's build clones with its deploy key; other git builds need none.
+            let private_key = match &trigger {
+                Some(t) => self
+                    .secrets
+                    .open_string(&t.secure_private_key)
+                    .map_err(|source| ManagerError::DeployKey {
+                        uuid: build.uuid.clone(),
+                        trigger: t.uuid.clone(),
+                        source,
+                    })?,
+                None => String::new(),
+            };
             PackSource::Git {
                 url: git.url.clone(),
                 sha: git.sha.clone(),
-                private_key: String::new(),
+                private_key,
             }
         } else {
             return Err(ManagerError::NoSource(build.uuid.clone()));
@@ -162,7 +175,13 @@ impl Manager {
         let job_token = self
             .tokens
             .mint(TokenType::Job, &who, self.settings.machine_max_time)?;
-        let (push_token, base_image) = self.mint_credentials(build, attempt_id).await?;
+        // A webhook's build has no starting user: it pushes as the trigger's user (Quay's
+        // `connected_user`).
+        let user = build
+            .manual_user
+            .clone()
+            .or_else(|| trigger.map(|t| t.connected_user));
+        let (push_token, base_image) = self.mint_credentials(build, user, attempt_id).await?;
         Ok(BuildPackSpec {
             job_token,
             source,
@@ -178,6 +197,30 @@ impl Manager {
         })
     }
 
+    /// The trigger that started `build`, if any; a deleted one fails the build.
+    async fn trigger_of(&self, build: &Build) -> Result<Option<Trigger>, ManagerError> {
+        let Some(trigger) = build.trigger_uuid.clone() else {
+            return Ok(None);
+        };
+        let id = trigger.clone();
+        let found = self
+            .builds
+            .read(move |c| store::get(c, &id))
+            .await
+            .map_err(|source: StoreError| ManagerError::TriggerRow {
+                uuid: build.uuid.clone(),
+                trigger: trigger.clone(),
+                source: Box::new(source),
+            })?;
+        match found {
+            Some(t) => Ok(Some(t)),
+            None => Err(ManagerError::TriggerGone {
+                uuid: build.uuid.clone(),
+                trigger,
+            }),
+        }
+    }
+
     /// Create the attempt's scoped registry tokens (titled per attempt, see
     /// [`credential_titles`]): a write token on the build's repository owned by the user or robot
     /// who started it, and a read-capped token of the pull robot. Both expire with
@@ -186,10 +229,10 @@ impl Manager {
     async fn mint_credentials(
         &self,
         build: &Build,
+        user: Option<String>,
         attempt_id: &str,
     ) -> Result<(String, Option<BaseImageCredentials>), ManagerError> {
         let uuid = build.uuid.clone();
-        let user = build.manual_user.clone();
         let robot = build.pull_robot.clone();
         let repository = build
             .repository

@@ -72,6 +72,8 @@ pub struct ManagerParts {
     pub executors: Vec<Arc<dyn Executor>>,
     /// Signs download URLs of uploaded packages.
     pub package_url: PackageUrlFn,
+    /// Opens the deploy keys of triggers (`build_trigger.secure_private_key`).
+    pub secrets: Arc<crate::secrets::SecretBox>,
 }
 
 impl std::fmt::Debug for ManagerParts {
@@ -133,6 +135,41 @@ pub enum ManagerError {
         /// The robot's name.
         robot: String,
     },
+    /// The trigger that started the build was deleted, so its deploy key is gone.
+    #[error(
+        "build {uuid} cannot fetch its source: its build trigger {trigger} was deleted, and its \
+         deploy key with it"
+    )]
+    TriggerGone {
+        /// The build.
+        uuid: String,
+        /// The trigger.
+        trigger: String,
+    },
+    /// The trigger's deploy key does not decrypt (the secret key changed).
+    #[error(
+        "build {uuid} cannot fetch its source: the deploy key of trigger {trigger} does not open"
+    )]
+    DeployKey {
+        /// The build.
+        uuid: String,
+        /// The trigger.
+        trigger: String,
+        /// The cause (names the key to restore).
+        #[source]
+        source: crate::secrets::SecretError,
+    },
+    /// The trigger row could not be read.
+    #[error("build {uuid}: its build trigger {trigger} could not be read")]
+    TriggerRow {
+        /// The build.
+        uuid: String,
+        /// The trigger.
+        trigger: String,
+        /// The cause (boxed: it is far larger than the other variants).
+        #[source]
+        source: Box<crate::trigger::StoreError>,
+    },
     /// A second `RegisterBuildJob` with an attempt's registration token (a replay).
     #[error(
         "build {0}: this attempt's worker has registered already; a registration token works once"
@@ -157,6 +194,8 @@ impl ManagerError {
         matches!(
             self,
             ManagerError::NoSource(_)
+                | ManagerError::TriggerGone { .. }
+                | ManagerError::DeployKey { .. }
                 | ManagerError::NoPushUser { .. }
                 | ManagerError::NoPullRobot { .. }
                 | ManagerError::PackageUrl(_)
@@ -180,6 +219,7 @@ pub struct Manager {
     executors: Vec<Arc<dyn Executor>>,
     tokens: BuildTokens,
     package_url: PackageUrlFn,
+    secrets: Arc<crate::secrets::SecretBox>,
     wake: Notify,
     local: std::sync::Mutex<HashMap<String, LocalJob>>,
     locks: jobs::BuildLocks,
@@ -210,6 +250,7 @@ impl Manager {
             executors: parts.executors,
             tokens,
             package_url: parts.package_url,
+            secrets: parts.secrets,
             wake: Notify::new(),
             local: std::sync::Mutex::new(HashMap::new()),
             locks: jobs::BuildLocks::default(),

@@ -7,5 +7,8 @@
 )]
 
 pub mod quarry;
+pub mod receiver;
 pub mod redis;
 pub mod sources;
+pub mod sshd;
+pub mod triggers;

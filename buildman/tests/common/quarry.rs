@@ -74,6 +74,16 @@ impl Quarry {
     /// [`Quarry::start`] with `executors_yaml` as the `EXECUTORS` list (entries indented by four
     /// spaces, `- EXECUTOR: ...` lines first).
     pub async fn start_with_executors(manager_yaml: &str, executors_yaml: &str) -> Quarry {
+        Quarry::start_configured("", manager_yaml, executors_yaml).await
+    }
+
+    /// [`Quarry::start_with_executors`] with `top_yaml` (top-level keys, one per line, each
+    /// ending in a newline) added to the config, e.g. `NOTIFICATION_ALLOW_LOCAL_WEBHOOKS: true`.
+    pub async fn start_configured(
+        top_yaml: &str,
+        manager_yaml: &str,
+        executors_yaml: &str,
+    ) -> Quarry {
         let root = tempfile::Builder::new()
             .prefix("quarry-e2e-")
             .tempdir()
@@ -86,6 +96,7 @@ impl Quarry {
              DATA_DIR: {data}\n\
              SUPER_USERS: [admin]\n\
              FEATURE_BUILD_SUPPORT: true\n\
+             {top_yaml}\
              BUILD_MANAGER:\n\
              \x20 - ephemeral\n\
              \x20 - GRPC_LISTEN_ADDR: 127.0.0.1:0\n\
@@ -96,6 +107,9 @@ impl Quarry {
         );
         std::fs::write(&config, yaml).expect("writing config.yaml");
         let log = root.path().join("buildman.log");
+        // reqwest's rustls comes without a crypto provider in this workspace (buildman installs
+        // aws-lc-rs in its binary); a test process installs it too, once (later calls fail, fine).
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let mut q = Quarry {
             root,
             http_port,

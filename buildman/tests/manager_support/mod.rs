@@ -147,6 +147,7 @@ impl Harness {
                 .map(|e| Arc::clone(e) as Arc<dyn Executor>)
                 .collect(),
             package_url: Arc::new(|file_id, _| Ok(format!("http://files.test/{file_id}?sig=x"))),
+            secrets: Arc::new(buildman::secrets::SecretBox::from_material(b"test key")),
         });
         let svc = buildman::grpc::service(Arc::clone(&manager));
         let server = tokio::spawn(async move {

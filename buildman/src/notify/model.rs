@@ -1,0 +1,375 @@
+//! The `repo_notification` and `notification_delivery` rows: what to notify of which repository
+//! event, and the deliveries still to make.
+
+use registry_core::db::now_ms;
+use rusqlite::{Connection, OptionalExtension as _, Row, params};
+use serde_json::Value;
+
+use crate::db::BuildDbError;
+
+/// Quay's `get_enabled_notification`: a notification with this many failures in a row is not
+/// sent (nor queued) until a user resets it.
+pub const MAX_FAILURES: i64 = 3;
+
+/// A repository notification as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Notification {
+    /// Public id.
+    pub uuid: String,
+    /// `<namespace>/<repository>`.
+    pub repository: String,
+    /// The event name (`build_success`, `repo_push`, ...).
+    pub event: String,
+    /// The method name (`webhook`, `slack`, `email`, `quay_notification`).
+    pub method: String,
+    /// Free text.
+    pub title: Option<String>,
+    /// The method's config (`url`, `email`, `template`, `target`).
+    pub config: Value,
+    /// The event's config (`ref-regex`).
+    pub event_config: Value,
+    /// Failed deliveries in a row.
+    pub number_of_failures: i64,
+}
+
+/// What [`create`] needs.
+#[derive(Clone, Debug)]
+pub struct NewNotification {
+    /// `<namespace>/<repository>`.
+    pub repository: String,
+    /// The event name.
+    pub event: String,
+    /// The method name.
+    pub method: String,
+    /// Free text.
+    pub title: Option<String>,
+    /// The method's config.
+    pub config: Value,
+    /// The event's config.
+    pub event_config: Value,
+    /// The user who created it.
+    pub created_by: String,
+}
+
+const COLUMNS: &str =
+    "uuid, repository, event, method, title, config, event_config, number_of_failures";
+
+fn json_column(r: &Row<'_>, i: usize) -> rusqlite::Result<Value> {
+    let text: String = r.get(i)?;
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<Notification> {
+    Ok(Notification {
+        uuid: r.get(0)?,
+        repository: r.get(1)?,
+        event: r.get(2)?,
+        method: r.get(3)?,
+        title: r.get(4)?,
+        config: json_column(r, 5)?,
+        event_config: json_column(r, 6)?,
+        number_of_failures: r.get(7)?,
+    })
+}
+
+/// Insert a notification.
+pub fn create(conn: &Connection, new: &NewNotification) -> Result<Notification, BuildDbError> {
+    let uuid = uuid::Uuid::new_v4().to_string();
+    conn.execute(
+        "INSERT INTO repo_notification (uuid, repository, event, method, title, config, \
+         event_config, created_by, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            uuid,
+            new.repository,
+            new.event,
+            new.method,
+            new.title,
+            new.config.to_string(),
+            new.event_config.to_string(),
+            new.created_by,
+            now_ms()
+        ],
+    )?;
+    get(conn, &new.repository, &uuid)?.ok_or(BuildDbError::NotFound(uuid))
+}
+
+/// The notifications of `repository`, oldest first.
+pub fn list(conn: &Connection, repository: &str) -> Result<Vec<Notification>, BuildDbError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM repo_notification WHERE repository = ?1 ORDER BY id"
+    ))?;
+    let rows = stmt.query_map(params![repository], from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The notification `uuid` of `repository`, if any.
+pub fn get(
+    conn: &Connection,
+    repository: &str,
+    uuid: &str,
+) -> Result<Option<Notification>, BuildDbError> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM repo_notification WHERE uuid = ?1 AND repository = ?2"
+        ))?
+        .query_row(params![uuid, repository], from_row)
+        .optional()?)
+}
+
+/// Delete the notification `uuid` of `repository` (its deliveries go with it). Returns whether
+/// it existed.
+pub fn delete(conn: &Connection, repository: &str, uuid: &str) -> Result<bool, BuildDbError> {
+    conn.execute(
+        "DELETE FROM notification_delivery WHERE notification_uuid = ?1 AND EXISTS \
+         (SELECT 1 FROM repo_notification WHERE uuid = ?1 AND repository = ?2)",
+        params![uuid, repository],
+    )?;
+    let n = conn.execute(
+        "DELETE FROM repo_notification WHERE uuid = ?1 AND repository = ?2",
+        params![uuid, repository],
+    )?;
+    Ok(n == 1)
+}
+
+/// Quay's reset: the failure count back to 0, so the notification is sent again. Returns whether
+/// it existed.
+pub fn reset_failures(
+    conn: &Connection,
+    repository: &str,
+    uuid: &str,
+) -> Result<bool, BuildDbError> {
+    let n = conn.execute(
+        "UPDATE repo_notification SET number_of_failures = 0 WHERE uuid = ?1 AND repository = ?2",
+        params![uuid, repository],
+    )?;
+    Ok(n == 1)
+}
+
+/// The notifications of `repository` for `event` that are not stopped by failures.
+pub fn enabled_for(
+    conn: &Connection,
+    repository: &str,
+    event: &str,
+) -> Result<Vec<Notification>, BuildDbError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM repo_notification WHERE repository = ?1 AND event = ?2 \
+         AND number_of_failures < ?3 ORDER BY id"
+    ))?;
+    let rows = stmt.query_map(params![repository, event, MAX_FAILURES], from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A delivery still to make.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Delivery {
+    /// Row id.
+    pub id: i64,
+    /// Failed attempts so far.
+    pub attempts: i64,
+    /// The event name.
+    pub event: String,
+    /// The event data.
+    pub payload: Value,
+    /// Its notification.
+    pub notification: Notification,
+}
+
+/// Queue one delivery of `payload` for `notification_uuid`, due now.
+pub fn queue(
+    conn: &Connection,
+    notification_uuid: &str,
+    event: &str,
+    payload: &Value,
+) -> Result<(), BuildDbError> {
+    let now = now_ms();
+    conn.prepare_cached(
+        "INSERT INTO notification_delivery (notification_uuid, event, payload, available_after, \
+         created_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+    )?
+    .execute(params![notification_uuid, event, payload.to_string(), now])?;
+    Ok(())
+}
+
+/// Deliveries due at `now_ms`, oldest first, at most `limit`, with their notification.
+pub fn due(conn: &Connection, now_ms: i64, limit: u32) -> Result<Vec<Delivery>, BuildDbError> {
+    let cols = COLUMNS
+        .split(", ")
+        .map(|c| format!("n.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {cols}, d.id, d.attempts, d.event, d.payload FROM notification_delivery d \
+         JOIN repo_notification n ON n.uuid = d.notification_uuid \
+         WHERE d.available_after <= ?1 ORDER BY d.available_after, d.id LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(params![now_ms, limit], |r| {
+        Ok(Delivery {
+            notification: from_row(r)?,
+            id: r.get(8)?,
+            attempts: r.get(9)?,
+            event: r.get(10)?,
+            payload: json_column(r, 11)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A delivery succeeded: forget it and reset its notification's failure count.
+pub fn delivered(conn: &Connection, delivery: &Delivery) -> Result<(), BuildDbError> {
+    conn.execute(
+        "DELETE FROM notification_delivery WHERE id = ?1",
+        params![delivery.id],
+    )?;
+    conn.execute(
+        "UPDATE repo_notification SET number_of_failures = 0 WHERE uuid = ?1",
+        params![delivery.notification.uuid],
+    )?;
+    Ok(())
+}
+
+/// What [`failed`] did with a failed delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Tried again at the given time (ms).
+    Retry {
+        /// When.
+        at_ms: i64,
+    },
+    /// Dropped: its attempts are used up.
+    GaveUp,
+    /// The notification reached [`MAX_FAILURES`]: this and its other pending deliveries dropped
+    /// (how many in all).
+    Stopped {
+        /// Deliveries dropped.
+        dropped: usize,
+    },
+    /// The notification was deleted meanwhile.
+    Gone,
+}
+
+/// A delivery failed with `error`: count the failure on the notification, then retry it after
+/// `backoff_ms` unless it has had `max_attempts` or the notification is stopped.
+pub fn failed(
+    conn: &Connection,
+    delivery: &Delivery,
+    error: &str,
+    backoff_ms: i64,
+    max_attempts: i64,
+) -> Result<AfterFailure, BuildDbError> {
+    let uuid = &delivery.notification.uuid;
+    conn.execute(
+        "UPDATE repo_notification SET number_of_failures = number_of_failures + 1 WHERE uuid = ?1",
+        params![uuid],
+    )?;
+    let failures: Option<i64> = conn
+        .query_row(
+            "SELECT number_of_failures FROM repo_notification WHERE uuid = ?1",
+            params![uuid],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(failures) = failures else {
+        return Ok(AfterFailure::Gone);
+    };
+    if failures >= MAX_FAILURES {
+        let dropped = conn.execute(
+            "DELETE FROM notification_delivery WHERE notification_uuid = ?1",
+            params![uuid],
+        )?;
+        return Ok(AfterFailure::Stopped { dropped });
+    }
+    if delivery.attempts + 1 >= max_attempts {
+        conn.execute(
+            "DELETE FROM notification_delivery WHERE id = ?1",
+            params![delivery.id],
+        )?;
+        return Ok(AfterFailure::GaveUp);
+    }
+    let at_ms = now_ms().saturating_add(backoff_ms);
+    conn.execute(
+        "UPDATE notification_delivery SET attempts = attempts + 1, available_after = ?1, \
+         last_error = ?2 WHERE id = ?3",
+        params![at_ms, error, delivery.id],
+    )?;
+    Ok(AfterFailure::Retry { at_ms })
+}
+
+/// Drop the pending deliveries of a notification that is stopped by failures (it was stopped
+/// after they were queued). Returns how many.
+pub fn drop_pending(conn: &Connection, notification_uuid: &str) -> Result<usize, BuildDbError> {
+    Ok(conn.execute(
+        "DELETE FROM notification_delivery WHERE notification_uuid = ?1",
+        params![notification_uuid],
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn new(event: &str) -> NewNotification {
+        NewNotification {
+            repository: "acme/app".into(),
+            event: event.into(),
+            method: "webhook".into(),
+            title: Some("hook".into()),
+            config: json!({"url": "https://hooks.example.com/x"}),
+            event_config: json!({}),
+            created_by: "alice".into(),
+        }
+    }
+
+    #[test]
+    fn failures_retry_then_stop_the_notification_and_drop_its_deliveries() {
+        let (_d, db) = crate::db::test_support::db();
+        db.write_blocking(|tx| {
+            let n = create(tx, &new("build_success"))?;
+            assert_eq!(list(tx, "acme/app")?, vec![n.clone()]);
+            assert!(get(tx, "other/app", &n.uuid)?.is_none());
+            queue(tx, &n.uuid, "build_success", &json!({"a": 1}))?;
+            queue(tx, &n.uuid, "build_success", &json!({"a": 2}))?;
+            let due_now = due(tx, now_ms(), 10)?;
+            assert_eq!(due_now.len(), 2);
+            assert_eq!(due_now[0].payload, json!({"a": 1}));
+            let first = failed(tx, &due_now[0], "boom", 60_000, 5)?;
+            assert!(matches!(first, AfterFailure::Retry { .. }), "{first:?}");
+            assert_eq!(due(tx, now_ms(), 10)?.len(), 1, "the retry waits");
+            let second = failed(tx, &due_now[1], "boom", 0, 5)?;
+            assert!(matches!(second, AfterFailure::Retry { .. }), "{second:?}");
+            let again = due(tx, now_ms() + 120_000, 10)?;
+            let third = failed(tx, &again[0], "boom", 0, 5)?;
+            assert_eq!(third, AfterFailure::Stopped { dropped: 2 });
+            assert!(enabled_for(tx, "acme/app", "build_success")?.is_empty());
+            assert!(reset_failures(tx, "acme/app", &n.uuid)?);
+            assert_eq!(enabled_for(tx, "acme/app", "build_success")?.len(), 1);
+            Ok::<_, BuildDbError>(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn attempts_are_capped_and_success_resets_the_count() {
+        let (_d, db) = crate::db::test_support::db();
+        db.write_blocking(|tx| {
+            let n = create(tx, &new("repo_push"))?;
+            queue(tx, &n.uuid, "repo_push", &json!({}))?;
+            let mut d = due(tx, now_ms(), 1)?.remove(0);
+            d.attempts = 4;
+            assert_eq!(failed(tx, &d, "boom", 0, 5)?, AfterFailure::GaveUp);
+            assert!(due(tx, i64::MAX, 10)?.is_empty());
+            queue(tx, &n.uuid, "repo_push", &json!({}))?;
+            let d = due(tx, now_ms(), 1)?.remove(0);
+            assert_eq!(d.notification.number_of_failures, 1);
+            delivered(tx, &d)?;
+            assert_eq!(get(tx, "acme/app", &n.uuid)?.unwrap().number_of_failures, 0);
+            assert!(delete(tx, "acme/app", &n.uuid)?);
+            assert!(!delete(tx, "acme/app", &n.uuid)?);
+            Ok::<_, BuildDbError>(())
+        })
+        .unwrap();
+    }
+}

@@ -1,0 +1,154 @@
+//! A trigger's build gets the trigger's deploy key in its build pack and pushes as the trigger's
+//! user; a build whose trigger was deleted ends as `error` at registration, saying so (issue 5).
+#![allow(clippy::unwrap_used, clippy::tests_outside_test_module, missing_docs)]
+
+mod manager_support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use buildman::executor::StartJob;
+use buildman::model::{Build, GitSource, NewBuild, Phase};
+use buildman::secrets::SecretBox;
+use buildman::trigger::store::{self, NewTrigger};
+use buildman_proto::{BuildJobArgs, BuildPackSource};
+use manager_support::{FakeAgent, FakeExecutor, Harness, REPO, WAIT, fast_settings, script};
+use triggers::webhook::Service;
+
+const PEM: &str =
+    "-----BEGIN RSA PRIVATE KEY-----\nnot a real key\n-----END RSA PRIVATE KEY-----\n";
+const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+async fn harness() -> (Harness, Arc<FakeExecutor>, Arc<Mutex<Vec<StartJob>>>) {
+    let jobs = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&jobs);
+    let exec = FakeExecutor::new(
+        "a",
+        0,
+        script(move |job, _| {
+            seen.lock().unwrap().push(job);
+            std::future::pending()
+        }),
+    );
+    let mut settings = fast_settings();
+    settings.registration_timeout = Duration::from_secs(60);
+    let mut h = Harness::new(settings, vec![Arc::clone(&exec)]).await;
+    h.run();
+    (h, exec, jobs)
+}
+
+/// A trigger of alice on `REPO` whose deploy key is `PEM`, sealed with the harness's key.
+async fn trigger(h: &Harness) -> String {
+    let sealed = SecretBox::from_material(b"test key")
+        .seal(PEM.as_bytes())
+        .unwrap();
+    h.builds
+        .write(move |tx| {
+            store::create(
+                tx,
+                &NewTrigger {
+                    service: Service::CustomGit,
+                    repository: REPO,
+                    connected_user: "alice",
+                    public_key: "ssh-rsa AAAA test",
+                    secure_private_key: &sealed,
+                },
+            )
+        })
+        .await
+        .unwrap()
+        .uuid
+}
+
+/// Queue a webhook-like build of `trigger` (no starting user) and register its worker.
+async fn register(
+    h: &Harness,
+    jobs: &Mutex<Vec<StartJob>>,
+    trigger: &str,
+) -> (Build, Result<buildman_proto::BuildPack, tonic::Status>) {
+    let trigger = trigger.to_owned();
+    let build = h
+        .submit_with(REPO, move |b: &mut NewBuild| {
+            b.manual_user = None;
+            b.trigger_uuid = Some(trigger);
+            b.job_config.archive_url = None;
+            b.job_config.git = Some(GitSource {
+                url: "git@git.example:acme/app.git".into(),
+                sha: SHA.into(),
+            });
+        })
+        .await;
+    let job = manager_support::wait_for("the worker start", WAIT, || async {
+        jobs.lock()
+            .unwrap()
+            .iter()
+            .find(|j| j.build_uuid == build.uuid)
+            .cloned()
+    })
+    .await;
+    let mut client = FakeAgent::client(h.addr).await;
+    let r = client
+        .register_build_job(BuildJobArgs {
+            register_jwt: job.registration_token,
+        })
+        .await
+        .map(tonic::Response::into_inner);
+    (build, r)
+}
+
+#[tokio::test]
+async fn a_trigger_build_carries_the_deploy_key_and_pushes_as_the_triggers_user() {
+    let (h, _exec, jobs) = harness().await;
+    let uuid = trigger(&h).await;
+    let (build, r) = register(&h, &jobs, &uuid).await;
+    let pack = r.unwrap();
+    let Some(BuildPackSource::GitPackage(git)) = pack.build_pack else {
+        panic!("not a git pack: {:?}", pack.build_pack)
+    };
+    assert_eq!(
+        (git.url.as_str(), git.sha.as_str(), git.private_key.as_str()),
+        ("git@git.example:acme/app.git", SHA, PEM)
+    );
+    // The push token is alice's (the trigger's user), scoped to the repository.
+    let token = pack.push_token.clone();
+    let owner = h
+        .registry
+        .db
+        .read(move |c| registry_core::accounts::tokens::check(c, &token))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(owner.account.name, "alice");
+    assert!(!h.token_titles(&build.uuid).await.is_empty());
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_build_whose_trigger_was_deleted_ends_as_error_saying_so() {
+    let (h, exec, jobs) = harness().await;
+    let uuid = trigger(&h).await;
+    let id = uuid.clone();
+    h.builds
+        .write(move |tx| store::delete(tx, &id))
+        .await
+        .unwrap();
+    let (build, r) = register(&h, &jobs, &uuid).await;
+    let status = r.unwrap_err();
+    let reason = format!(
+        "build {} cannot fetch its source: its build trigger {uuid} was deleted, and its deploy \
+         key with it",
+        build.uuid
+    );
+    let b = h
+        .wait_phase(&build.uuid, Phase::Error, Duration::from_secs(5))
+        .await;
+    assert_eq!(b.error.as_deref(), Some(reason.as_str()));
+    assert!(status.message().ends_with(&reason), "{status:?}");
+    assert_eq!(h.retries(&build.uuid).await, None, "never retried");
+    manager_support::wait_for("the worker to be stopped", WAIT, || async {
+        (exec.stop_count() == 1).then_some(())
+    })
+    .await;
+    assert!(h.token_titles(&build.uuid).await.is_empty());
+    h.shutdown().await;
+}
