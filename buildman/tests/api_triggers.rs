@@ -4,6 +4,10 @@
 
 #[path = "api_triggers/helpers.rs"]
 mod helpers;
+#[path = "api_triggers/lifecycle.rs"]
+mod lifecycle;
+#[path = "api_triggers/logs.rs"]
+mod logs;
 #[path = "api_triggers/manual.rs"]
 mod manual;
 #[allow(dead_code)]
@@ -261,6 +265,22 @@ async fn activation_errors_name_the_key() {
             "webhook_secret",
         ),
         (json!({"config": {}}), "build_source is required"),
+        (
+            json!({"config": {"build_source": 5}}),
+            "config build_source: expected a string, got 5",
+        ),
+        (
+            json!({"config": {"build_source": src, "tag_templates": [1]}}),
+            "config tag_templates: expected a list of strings",
+        ),
+        (
+            json!({"config": {"build_source": "https://me:t0ken@git.example/a.git"}}),
+            "use an ssh:// or user@host:path URL",
+        ),
+        (
+            json!({"config": {"build_source": "http://git.example/a.git"}}),
+            "is invalid",
+        ),
         (json!({"pull_robot": "acme+puller"}), "config is invalid"),
     ];
     for (body, needle) in cases {

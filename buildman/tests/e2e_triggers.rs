@@ -344,27 +344,31 @@ async fn pushes_build_over_ssh_with_the_deploy_key_and_notify() {
     assert_notified(&rx, &build1, &expect1).await;
 
     // 8. A GitHub-shaped push, signed with the trigger's webhook secret, to a second trigger
-    //    whose deploy key joins the first in authorized_keys.
+    //    whose deploy key joins the first in authorized_keys. The trigger clones from its
+    //    configured clone_url (the loopback sshd); the payload's ssh_url points at github.com and
+    //    is never used.
     let (gh_id, view, gh_key, gh_hook) = trigger(
         &q,
         REPO,
         "github",
-        json!({"build_source": GITHUB_SOURCE, "dockerfile_path": "/Dockerfile", "context": "/",
+        json!({"build_source": GITHUB_SOURCE, "clone_url": ssh_url,
+               "dockerfile_path": "/Dockerfile", "context": "/",
                "webhook_secret": WEBHOOK_SECRET,
                "tag_templates": ["gh-${commit_info.short_sha}"]}),
     )
     .await;
     assert_eq!(
         view["repository_url"],
-        format!("https://github.com/{GITHUB_SOURCE}"),
-        "{view}"
+        format!("https://127.0.0.1/{GITHUB_SOURCE}"),
+        "the page is on the clone_url's host: {view}"
     );
+    let payload_url = format!("git@github.com:{GITHUB_SOURCE}.git");
     assert_eq!(view["config"]["has_webhook_secret"], true, "{view}");
     assert!(!view.to_string().contains(WEBHOOK_SECRET), "{view}");
     sshd.set_authorized(&[&custom_key, &gh_key]);
     let gh_fp = fingerprint(&gh_key, q.root.path());
     let second = repo.commit_and_push(&[("hello.txt", "pushed in commit two\n")], "second");
-    let body = github_body(&second, GITHUB_SOURCE, &ssh_url);
+    let body = github_body(&second, GITHUB_SOURCE, &payload_url);
     let a = deliver(
         &q,
         &gh_hook,
@@ -375,6 +379,19 @@ async fn pushes_build_over_ssh_with_the_deploy_key_and_notify() {
     .await;
     assert!(a.is_okay(), "{} {}", a.status, a.text);
     let build2 = a.header("x-quarry-build").expect("X-Quarry-Build");
+    let (s, view) = q
+        .api(
+            Method::GET,
+            &format!("/api/v1/repository/{REPO}/build/{build2}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{view}");
+    assert_eq!(
+        view["trigger_metadata"]["git_url"],
+        ssh_url.as_str(),
+        "the build clones from the configured clone_url: {view}"
+    );
     let tags2 = set(&[format!("gh-{}", &second[..7]).as_str(), "main", "latest"]);
     let digest2 = assert_built(&q, &build2, &tags2, "latest", "pushed in commit two\n").await;
     assert_ne!(digest1, digest2);
@@ -413,10 +430,13 @@ async fn pushes_build_over_ssh_with_the_deploy_key_and_notify() {
             .is_some_and(|h| h.starts_with("Basic"))
     );
     // Another trigger's token is a valid write token of this repository (Quay would accept it),
-    // but not this trigger's: refused as authenticated yet not allowed.
+    // but not this trigger's: as any wrong secret, 401.
     let a = deliver(&q, &custom_hook, &gh_hook.code, &[], &good).await;
-    assert_eq!(a.status, 403, "another trigger's token: {}", a.text);
-    assert!(a.text.contains(&custom_id), "{}", a.text);
+    assert_eq!(a.status, 401, "another trigger's token: {}", a.text);
+    assert!(
+        a.header("www-authenticate")
+            .is_some_and(|h| h.starts_with("Basic"))
+    );
     let mut bad_sig = github_headers(WEBHOOK_SECRET, &body);
     bad_sig[1].1 = hub_signature(WEBHOOK_SECRET, b"another body");
     let a = deliver(&q, &gh_hook, &gh_hook.code, &bad_sig, &body).await;
@@ -431,7 +451,7 @@ async fn pushes_build_over_ssh_with_the_deploy_key_and_notify() {
     )
     .await;
     assert_eq!(a.status, 403, "no signature: {}", a.text);
-    let other = github_body(&second, "someone/else", &ssh_url);
+    let other = github_body(&second, "someone/else", &payload_url);
     let a = deliver(
         &q,
         &gh_hook,

@@ -152,3 +152,86 @@ async fn a_build_whose_trigger_was_deleted_ends_as_error_saying_so() {
     assert!(h.token_titles(&build.uuid).await.is_empty());
     h.shutdown().await;
 }
+
+/// Register a build of `uuid` and check it ends as `error` with a message containing `needle`,
+/// never retried.
+async fn assert_permanent_error(
+    h: &Harness,
+    exec: &FakeExecutor,
+    jobs: &Mutex<Vec<StartJob>>,
+    uuid: &str,
+    needle: &str,
+) -> String {
+    let (build, r) = register(h, jobs, uuid).await;
+    let status = r.unwrap_err();
+    let b = h
+        .wait_phase(&build.uuid, Phase::Error, Duration::from_secs(5))
+        .await;
+    let error = b.error.clone().unwrap_or_default();
+    assert!(error.contains(needle), "{error}");
+    assert!(status.message().contains(needle), "{status:?}");
+    assert_eq!(h.retries(&build.uuid).await, None, "never retried");
+    manager_support::wait_for("the worker to be stopped", WAIT, || async {
+        (exec.stop_count() == 1).then_some(())
+    })
+    .await;
+    error
+}
+
+#[tokio::test]
+async fn a_deploy_key_that_does_not_open_fails_the_build_for_good() {
+    let (h, exec, jobs) = harness().await;
+    let uuid = trigger(&h).await;
+    // Sealed under another key (a lost or replaced DATABASE_SECRET_KEY).
+    let foreign = SecretBox::from_material(b"another install's key")
+        .seal(PEM.as_bytes())
+        .unwrap();
+    let id = uuid.clone();
+    h.builds
+        .write(move |tx| {
+            tx.execute(
+                "UPDATE build_trigger SET secure_private_key = ?1 WHERE uuid = ?2",
+                rusqlite::params![foreign, id],
+            )
+            .map_err(registry_core::db::DbError::from)
+        })
+        .await
+        .unwrap();
+    let error = assert_permanent_error(
+        &h,
+        &exec,
+        &jobs,
+        &uuid,
+        &format!("the deploy key of trigger {uuid} does not open"),
+    )
+    .await;
+    assert!(!error.contains("PRIVATE KEY"), "{error}");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_trigger_row_that_does_not_parse_fails_the_build_for_good() {
+    let (h, exec, jobs) = harness().await;
+    let uuid = trigger(&h).await;
+    let id = uuid.clone();
+    h.builds
+        .write(move |tx| {
+            tx.execute(
+                "UPDATE build_trigger SET service = 'svn' WHERE uuid = ?1",
+                [id],
+            )
+            .map_err(registry_core::db::DbError::from)
+        })
+        .await
+        .unwrap();
+    let error = assert_permanent_error(
+        &h,
+        &exec,
+        &jobs,
+        &uuid,
+        &format!("its build trigger {uuid} could not be read"),
+    )
+    .await;
+    assert!(error.contains("unknown service \"svn\""), "{error}");
+    h.shutdown().await;
+}

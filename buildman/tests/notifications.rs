@@ -5,19 +5,24 @@
 
 #[path = "notifications/delivery.rs"]
 mod delivery;
+#[path = "notifications/dispatcher.rs"]
+mod dispatcher;
+#[path = "notifications/pushes.rs"]
+mod pushes;
 #[path = "notifications/rest.rs"]
 mod rest;
 #[path = "notifications/support.rs"]
 mod support;
+#[path = "notifications/targets.rs"]
+mod targets;
 
 use std::time::Duration;
 
 use buildman::events::{self, BuildEvent};
 use buildman::model::{self, Build, JobConfig, NewBuild, Phase};
-use buildman::notify::{self, deliver, model as nmodel};
-use http::StatusCode;
+use buildman::notify::{self, model as nmodel};
 use serde_json::{Value, json};
-use support::{BASE, Fixture, HOST, Receiver};
+use support::{BASE, Fixture, HOST};
 
 pub(crate) const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 pub(crate) const LIST: &str = "/api/v1/repository/acme/app/notification/";
@@ -362,106 +367,4 @@ async fn uuid_build_of(f: &Fixture, t: &str) -> String {
         .await
         .unwrap()
         .uuid
-}
-
-/// Push a one-layer image to `acme/app` as `tag` through registry-core's `/v2/` API.
-async fn push_image(f: &Fixture, tag: &str, layer: &[u8]) {
-    use axum::body::Body;
-    use registry_core::auth::token::{AccessEntry, Claims, ISSUER, TokenContext, now_s};
-    use registry_core::digest::{Algorithm, Digest};
-    use tower::ServiceExt as _;
-
-    let state = f.state.registry.clone();
-    let now = now_s();
-    let token = state
-        .keys
-        .sign(&Claims {
-            iss: ISSUER.into(),
-            sub: "alice".into(),
-            aud: state.config.server_hostname.clone(),
-            exp: now + 600,
-            nbf: now,
-            iat: now,
-            jti: uuid::Uuid::new_v4().to_string(),
-            access: vec![AccessEntry {
-                kind: "repository".into(),
-                name: "acme/app".into(),
-                actions: vec!["pull".into(), "push".into()],
-            }],
-            context: TokenContext {
-                kind: "user".into(),
-                user: Some("alice".into()),
-                token_scope: None,
-            },
-        })
-        .unwrap();
-    let send = |method: &str, uri: String, ct: Option<&str>, body: Vec<u8>| {
-        let mut req = http::Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("authorization", format!("Bearer {token}"));
-        if let Some(ct) = ct {
-            req = req.header("content-type", ct);
-        }
-        registry_core::router(state.clone()).oneshot(req.body(Body::from(body)).unwrap())
-    };
-    let mut digests = Vec::new();
-    for blob in [b"{}".as_slice(), layer] {
-        let d = Digest::of(Algorithm::Sha256, blob);
-        let r = send(
-            "POST",
-            format!("/v2/acme/app/blobs/uploads/?digest={d}"),
-            None,
-            blob.to_vec(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED);
-        digests.push(d);
-    }
-    let manifest = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digests[0].to_string(), "size": 2},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digests[1].to_string(), "size": layer.len()}]});
-    let r = send(
-        "PUT",
-        format!("/v2/acme/app/manifests/{tag}"),
-        Some("application/vnd.oci.image.manifest.v1+json"),
-        manifest.to_string().into_bytes(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-}
-
-#[tokio::test]
-async fn registry_pushes_become_repo_push_without_replaying_old_ones() {
-    let f = Fixture::new(local).await;
-    let rx = Receiver::start().await;
-    f.notification(json!({"event": "repo_push", "method": "webhook", "config": {"url": rx.url}}))
-        .await;
-    // Pushed before the loops ever ran: not replayed at their first start.
-    push_image(&f, "old", b"layer one").await;
-    let parts = f.parts(Duration::from_secs(30));
-    notify::dispatch_pending(&parts).await.unwrap();
-    assert!(pending(&f).await.is_empty());
-
-    push_image(&f, "v1", b"layer two").await;
-    notify::dispatch_pending(&parts).await.unwrap();
-    notify::dispatch_pending(&parts).await.unwrap();
-    let ctx = notify::context(&parts).unwrap();
-    assert_eq!(
-        deliver::round(&ctx, parts.settings.retry_base)
-            .await
-            .unwrap(),
-        1
-    );
-    assert_eq!(
-        rx.all().into_iter().map(|r| r.body).collect::<Vec<_>>(),
-        vec![
-            json!({"repository": "acme/app", "namespace": "acme", "name": "app",
-                    "docker_url": format!("{HOST}/acme/app"),
-                    "homepage": format!("{BASE}/repository/acme/app"),
-                    "updated_tags": ["v1"]})
-        ]
-    );
 }

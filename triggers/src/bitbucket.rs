@@ -8,7 +8,8 @@
 
 use serde::Deserialize;
 
-use crate::metadata::{CommitInfo, Metadata, Person, Push, is_commit_sha};
+use crate::metadata::{CommitInfo, Metadata, Person, Push, checked_commit};
+use crate::refs::RefKind;
 
 /// A delivery that claims to be a push but is not a usable one; the message names the field.
 #[derive(Debug, thiserror::Error)]
@@ -104,11 +105,6 @@ fn person(account: Option<Account>) -> Option<Person> {
     })
 }
 
-/// Parse a delivery whose `X-Event-Key` header is `event` (`None` when absent).
-pub fn parse(event: Option<&str>, body: &[u8]) -> Result<Push, BitbucketError> {
-    parse_with_repository(event, body).map(|(push, _)| push)
-}
-
 /// Whether `body` has the shape of a Bitbucket push (custom-git's fallback).
 pub(crate) fn fits(body: &serde_json::Value) -> bool {
     body.get("push")
@@ -116,17 +112,12 @@ pub(crate) fn fits(body: &serde_json::Value) -> bool {
         .is_some_and(serde_json::Value::is_array)
 }
 
-/// Like [`parse`], with the repository's `full_name` (`workspace/repo`) for a push to build.
-pub(crate) fn parse_with_repository(
-    event: Option<&str>,
-    body: &[u8],
-) -> Result<(Push, Option<String>), BitbucketError> {
+/// Parse a delivery whose `X-Event-Key` header is `event` (`None` when absent): the push, and
+/// the repository's `full_name` (`workspace/repo`) for a push to build.
+pub fn parse(event: Option<&str>, body: &[u8]) -> Result<(Push, Option<String>), BitbucketError> {
     match event {
         Some("repo:push") | None => {}
-        Some(other) => {
-            let why = format!("bitbucket {other} event, not a push");
-            return Ok((Push::Skip(why), None));
-        }
+        Some(other) => return Ok((Push::not_a_push("bitbucket", other), None)),
     }
     let b: Body = serde_json::from_slice(body).map_err(|e| BitbucketError(e.to_string()))?;
     let changes = b
@@ -144,14 +135,11 @@ pub(crate) fn parse_with_repository(
     let kind = new
         .kind
         .ok_or_else(|| missing("push.changes[-1].new.type"))?;
-    let prefix = match kind.as_str() {
-        "branch" | "named_branch" => "refs/heads",
-        "tag" | "annotated_tag" => "refs/tags",
-        other => {
-            return Err(BitbucketError(format!(
-                "push.changes[-1].new.type {other:?} is not branch or tag"
-            )));
-        }
+    // As Quay: `branch` is a branch, any other type (`tag`, `annotated_tag`, ...) a tag.
+    let kind = if kind == "branch" {
+        RefKind::Branch
+    } else {
+        RefKind::Tag
     };
     let name = new
         .name
@@ -163,20 +151,20 @@ pub(crate) fn parse_with_repository(
     let hash = target
         .hash
         .ok_or_else(|| missing("push.changes[-1].new.target.hash"))?;
-    if !is_commit_sha(&hash) {
+    let Some(commit) = checked_commit(&hash) else {
         return Err(BitbucketError(format!(
             "push.changes[-1].new.target.hash {hash:?} is not a commit SHA"
         )));
-    }
+    };
     let repo = b.repository.ok_or_else(|| missing("repository"))?;
     let full_name = repo
         .full_name
         .filter(|n| !n.is_empty())
         .ok_or_else(|| missing("repository.full_name"))?;
     let metadata = Metadata {
-        commit: hash.to_ascii_lowercase(),
+        commit,
         git_url: format!("git@bitbucket.org:{full_name}.git"),
-        git_ref: Some(format!("{prefix}/{name}")),
+        git_ref: Some(format!("refs/{}/{name}", kind.dir())),
         default_branch: repo.mainbranch.and_then(|m| m.name),
         commit_info: Some(CommitInfo {
             url: href(target.links, |l| l.html),
@@ -224,8 +212,7 @@ mod tests {
         let author = json!({"raw": "Mio Tanaka <mio@example.net>", "type": "author",
                             "user": {"display_name": "Mio Tanaka",
                                      "links": {"avatar": {"href": "https://a.example/mio.png"}}}});
-        let (Push::Build(m), name) =
-            parse_with_repository(Some("repo:push"), &push(&branch(&author))).unwrap()
+        let (Push::Build(m), name) = parse(Some("repo:push"), &push(&branch(&author))).unwrap()
         else {
             panic!("skipped");
         };
@@ -246,7 +233,7 @@ mod tests {
     #[test]
     fn a_raw_only_author_gets_no_invented_user_name() {
         let author = json!({"raw": "Someone <someone@example.net>", "type": "author"});
-        let Push::Build(m) = parse(None, &push(&branch(&author))).unwrap() else {
+        let Push::Build(m) = parse(None, &push(&branch(&author))).unwrap().0 else {
             panic!("skipped");
         };
         assert_eq!(m.commit_info.unwrap().author, None);
@@ -257,10 +244,18 @@ mod tests {
         let mut tag = branch(&json!({}));
         tag["type"] = json!("tag");
         tag["name"] = json!("v2.0");
-        let Push::Build(m) = parse(None, &push(&tag)).unwrap() else {
+        let Push::Build(m) = parse(None, &push(&tag)).unwrap().0 else {
             panic!("skipped");
         };
         assert_eq!(m.git_ref.as_deref(), Some("refs/tags/v2.0"));
+        // Any type but `branch` is a tag, as in Quay.
+        for kind in ["annotated_tag", "named_branch", "bookmark"] {
+            tag["type"] = json!(kind);
+            let Push::Build(m) = parse(None, &push(&tag)).unwrap().0 else {
+                panic!("{kind}: skipped");
+            };
+            assert_eq!(m.git_ref.as_deref(), Some("refs/tags/v2.0"), "{kind}");
+        }
         for (event, body, want) in [
             (
                 None,
@@ -278,7 +273,7 @@ mod tests {
                 "bitbucket pullrequest:created event, not a push",
             ),
         ] {
-            let Push::Skip(why) = parse(event, &body).unwrap() else {
+            let Push::Skip(why) = parse(event, &body).unwrap().0 else {
                 panic!("{want}: not skipped");
             };
             assert_eq!(why, want);
@@ -291,8 +286,8 @@ mod tests {
         no_hash["target"].as_object_mut().unwrap().remove("hash");
         let mut bad_hash = branch(&json!({}));
         bad_hash["target"]["hash"] = json!("zz");
-        let mut bad_type = branch(&json!({}));
-        bad_type["type"] = json!("bookmark");
+        let mut no_type = branch(&json!({}));
+        no_type.as_object_mut().unwrap().remove("type");
         let mut no_repo: Value = serde_json::from_slice(&push(&branch(&json!({})))).unwrap();
         no_repo["repository"]
             .as_object_mut()
@@ -309,10 +304,7 @@ mod tests {
                 push(&bad_hash),
                 "push.changes[-1].new.target.hash \"zz\" is not a commit SHA",
             ),
-            (
-                push(&bad_type),
-                "push.changes[-1].new.type \"bookmark\" is not branch or tag",
-            ),
+            (push(&no_type), "push.changes[-1].new.type is missing"),
             (
                 no_repo.to_string().into_bytes(),
                 "repository.full_name is missing",

@@ -2,11 +2,15 @@
 //! `default_branch`, optional `commit_info`), built from the trigger's own `build_source` URL.
 //! A body that is not in the custom schema is mapped from the first of the GitHub, Bitbucket and
 //! GitLab push shapes that fits, as Quay does ([`crate::webhook::parse`] calls `parse_any`).
+//!
+//! The ref must be a branch or a tag (`refs/remotes/...` is refused: Quay documents only those
+//! two for the custom schema, and a remote-tracking ref is never what a server hook pushes). An
+//! all-zero commit, what a post-receive hook sees for a deleted ref, is skipped.
 
 use serde::Deserialize;
 
-use crate::metadata::{CommitInfo, Metadata, Push, is_commit_sha};
-use crate::refs::ParsedRef;
+use crate::metadata::{CommitInfo, Metadata, Push, checked_commit, is_null_commit};
+use crate::refs::{ParsedRef, RefKind};
 use crate::webhook::PayloadError;
 use crate::{bitbucket, github, gitlab};
 
@@ -38,21 +42,29 @@ struct Body {
 
 /// Parse a custom-git webhook `body` for a trigger whose `build_source` is `git_url` (the URL in
 /// the body, if any, is never used: a push cannot point the build elsewhere).
-pub fn parse(body: &[u8], git_url: &str) -> Result<Metadata, CustomError> {
+pub fn parse(body: &[u8], git_url: &str) -> Result<Push, CustomError> {
     let b: Body = serde_json::from_slice(body).map_err(|e| CustomError::Invalid(e.to_string()))?;
-    if !is_commit_sha(&b.commit) {
+    let Some(commit) = checked_commit(&b.commit) else {
         return Err(CustomError::Commit(b.commit));
-    }
-    if ParsedRef::parse(&b.git_ref).is_none() {
+    };
+    let branch_or_tag = ParsedRef::parse(&b.git_ref)
+        .is_some_and(|r| matches!(r.kind, RefKind::Branch | RefKind::Tag));
+    if !branch_or_tag {
         return Err(CustomError::Ref(b.git_ref));
     }
-    Ok(Metadata {
-        commit: b.commit.to_ascii_lowercase(),
+    if is_null_commit(&commit) {
+        return Ok(Push::Skip(format!(
+            "custom git push deleting {} (the commit is all zeros)",
+            b.git_ref
+        )));
+    }
+    Ok(Push::Build(Box::new(Metadata {
+        commit,
         git_url: git_url.to_owned(),
         git_ref: Some(b.git_ref),
         default_branch: Some(b.default_branch),
         commit_info: b.commit_info,
-    })
+    })))
 }
 
 /// Quay's custom-git handler: the custom schema as is, else the first of the GitHub, Bitbucket
@@ -65,13 +77,13 @@ pub(crate) fn parse_any(
     (github_event, bitbucket_event): (Option<&str>, Option<&str>),
 ) -> Result<Push, PayloadError> {
     let custom_error = match parse(body, git_url) {
-        Ok(metadata) => return Ok(Push::Build(Box::new(metadata))),
+        Ok(push) => return Ok(push),
         Err(e) => e,
     };
     let fallback = match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(value) if github::fits(&value) => Some(github::parse(github_event, body)?),
-        Ok(value) if bitbucket::fits(&value) => Some(bitbucket::parse(bitbucket_event, body)?),
-        Ok(value) if gitlab::fits(&value) => Some(gitlab::parse(body)?),
+        Ok(value) if github::fits(&value) => Some(github::parse(github_event, body)?.0),
+        Ok(value) if bitbucket::fits(&value) => Some(bitbucket::parse(bitbucket_event, body)?.0),
+        Ok(value) if gitlab::fits(&value) => Some(gitlab::parse(body)?.0),
         _ => None,
     };
     match fallback {
@@ -115,7 +127,7 @@ mod tests {
                 "committer": {"username": "ci"}
             }
         }"#;
-        let m = parse(body, URL).unwrap();
+        let m = build(parse(body, URL).unwrap());
         assert_eq!(m.commit, "1c002dd4b536e7479fe34593e72e6c6c1819e53b");
         assert_eq!(m.git_url, URL, "the body's URL is ignored");
         assert_eq!(m.git_ref.as_deref(), Some("refs/heads/main"));
@@ -127,17 +139,38 @@ mod tests {
 
     #[test]
     fn the_minimal_body_has_no_commit_info() {
-        let m = parse(
-            br#"{"commit": "1c002dd", "ref": "refs/tags/v1", "default_branch": "main"}"#,
-            URL,
-        )
-        .unwrap();
+        let m = build(
+            parse(
+                br#"{"commit": "1c002dd", "ref": "refs/tags/v1", "default_branch": "main"}"#,
+                URL,
+            )
+            .unwrap(),
+        );
         assert_eq!(m.commit_info, None);
     }
 
     #[test]
+    fn a_deleted_ref_is_skipped() {
+        let zeros = "0".repeat(40);
+        let body = format!(
+            r#"{{"commit": "{zeros}", "ref": "refs/heads/old", "default_branch": "main"}}"#
+        );
+        assert_eq!(
+            parse(body.as_bytes(), URL).unwrap(),
+            Push::Skip("custom git push deleting refs/heads/old (the commit is all zeros)".into())
+        );
+    }
+
+    fn build(push: Push) -> Metadata {
+        match push {
+            Push::Build(m) => *m,
+            Push::Skip(why) => panic!("skipped: {why}"),
+        }
+    }
+
+    #[test]
     fn bad_bodies_say_what_is_wrong() {
-        let cases: [(&[u8], &str); 6] = [
+        let cases: [(&[u8], &str); 7] = [
             (
                 b"not json",
                 "custom git webhook body is not valid: expected ident",
@@ -154,6 +187,10 @@ mod tests {
             (
                 br#"{"commit": "1c002dd", "ref": "main", "default_branch": "a"}"#,
                 "ref \"main\" is not refs/heads/<branch> or refs/tags/<tag>",
+            ),
+            (
+                br#"{"commit": "1c002dd", "ref": "refs/remotes/origin/a", "default_branch": "a"}"#,
+                "ref \"refs/remotes/origin/a\" is not refs/heads/<branch> or refs/tags/<tag>",
             ),
             (
                 br#"{"commit": "1c002dd", "ref": "refs/heads/a", "default_branch": "a",

@@ -6,7 +6,7 @@
 
 use serde::Deserialize;
 
-use crate::metadata::{CommitInfo, Metadata, Person, Push, is_commit_sha};
+use crate::metadata::{CommitInfo, Metadata, Person, Push, checked_commit};
 
 /// A delivery that claims to be a push but is not a usable one.
 #[derive(Debug, thiserror::Error)]
@@ -55,33 +55,16 @@ struct Repository {
 }
 
 fn person(who: Option<Who>) -> Option<Person> {
-    who.and_then(|w| w.username).map(|username| Person {
-        username,
-        url: None,
-        avatar_url: None,
-    })
+    who.and_then(|w| w.username).map(Person::named)
 }
 
-/// Parse a delivery whose `X-GitHub-Event` header is `event` (`None` when absent: the body
-/// decides).
-pub fn parse(event: Option<&str>, body: &[u8]) -> Result<Push, GithubError> {
-    parse_with_repository(event, body).map(|(push, _)| push)
-}
-
-/// Like [`parse`], with the repository's `full_name` (`owner/repo`) when the push names it.
-pub(crate) fn parse_with_repository(
-    event: Option<&str>,
-    body: &[u8],
-) -> Result<(Push, Option<String>), GithubError> {
+/// Parse a JSON delivery whose `X-GitHub-Event` header is `event` (`None` when absent: the body
+/// decides): the push, and the repository's `full_name` (`owner/repo`) when the push names it.
+pub fn parse(event: Option<&str>, body: &[u8]) -> Result<(Push, Option<String>), GithubError> {
     match event {
         Some("ping") => return Ok((Push::Skip("github ping".into()), None)),
         Some("push") | None => {}
-        Some(other) => {
-            return Ok((
-                Push::Skip(format!("github {other} event, not a push")),
-                None,
-            ));
-        }
+        Some(other) => return Ok((Push::not_a_push("github", other), None)),
     }
     let b: Body = serde_json::from_slice(body).map_err(|e| GithubError(e.to_string()))?;
     if b.zen.is_some() {
@@ -96,17 +79,17 @@ pub(crate) fn parse_with_repository(
     let repo = b
         .repository
         .ok_or_else(|| GithubError("missing field `repository`".into()))?;
-    if !is_commit_sha(&head.id) {
+    let Some(commit) = checked_commit(&head.id) else {
         return Err(GithubError(format!(
             "head_commit.id {:?} is not a commit SHA",
             head.id
         )));
-    }
+    };
     let git_ref = b
         .git_ref
         .ok_or_else(|| GithubError("missing field `ref`".into()))?;
     let metadata = Metadata {
-        commit: head.id.to_ascii_lowercase(),
+        commit,
         git_url: repo.ssh_url,
         git_ref: Some(git_ref),
         default_branch: repo.default_branch,
@@ -154,7 +137,7 @@ mod tests {
 
     #[test]
     fn a_push_maps_like_quay() {
-        let Push::Build(m) = parse(Some("push"), PUSH).unwrap() else {
+        let Push::Build(m) = parse(Some("push"), PUSH).unwrap().0 else {
             panic!("skipped");
         };
         assert_eq!(m.commit, "1c002dd4b536e7479fe34593e72e6c6c1819e53b");
@@ -165,28 +148,32 @@ mod tests {
         assert_eq!(info.message, "add a thing");
         assert_eq!(info.author.unwrap().username, "jdoe");
         assert_eq!(info.committer.unwrap().username, "web-flow");
-        assert!(matches!(parse(None, PUSH).unwrap(), Push::Build(_)));
+        assert!(matches!(parse(None, PUSH).unwrap().0, Push::Build(_)));
     }
 
     #[test]
     fn pings_other_events_and_deleted_branches_are_skipped() {
-        assert!(matches!(parse(Some("ping"), b"{}").unwrap(), Push::Skip(_)));
+        assert!(matches!(
+            parse(Some("ping"), b"{}").unwrap().0,
+            Push::Skip(_)
+        ));
         assert!(matches!(
             parse(
                 None,
                 br#"{"zen": "Keep it logically awesome.", "hook_id": 1}"#
             )
-            .unwrap(),
+            .unwrap()
+            .0,
             Push::Skip(_)
         ));
-        let Push::Skip(why) = parse(Some("issues"), b"garbage").unwrap() else {
+        let Push::Skip(why) = parse(Some("issues"), b"garbage").unwrap().0 else {
             panic!("an issues event must be skipped");
         };
         assert_eq!(why, "github issues event, not a push");
         let deleted = br#"{"ref": "refs/heads/old", "deleted": true, "head_commit": null,
                            "repository": {"ssh_url": "git@github.com:a/b.git"}}"#;
         assert!(matches!(
-            parse(Some("push"), deleted).unwrap(),
+            parse(Some("push"), deleted).unwrap().0,
             Push::Skip(_)
         ));
     }

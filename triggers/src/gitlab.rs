@@ -7,7 +7,7 @@
 
 use serde::Deserialize;
 
-use crate::metadata::{CommitInfo, Metadata, Person, Push, is_commit_sha};
+use crate::metadata::{CommitInfo, Metadata, Person, Push, checked_commit, is_null_commit};
 
 /// A delivery that claims to be a push but is not a usable one.
 #[derive(Debug, thiserror::Error)]
@@ -70,39 +70,34 @@ struct Author {
     email: Option<String>,
 }
 
-/// Parse a delivery (the `X-Gitlab-Event` header is informative only: `object_kind` decides).
-pub fn parse(body: &[u8]) -> Result<Push, GitlabError> {
-    parse_with_repository(body).map(|(push, _)| push)
-}
-
 /// Whether `body` has the shape of a GitLab event (custom-git's fallback).
 pub(crate) fn fits(body: &serde_json::Value) -> bool {
     body.get("object_kind")
         .is_some_and(serde_json::Value::is_string)
 }
 
-/// Like [`parse`], with the project's `path_with_namespace` (`group/project`) when it is given.
-pub(crate) fn parse_with_repository(body: &[u8]) -> Result<(Push, Option<String>), GitlabError> {
+/// Parse a delivery (the `X-Gitlab-Event` header is informative only: `object_kind` decides):
+/// the push, and the project's `path_with_namespace` (`group/project`) when it is given.
+pub fn parse(body: &[u8]) -> Result<(Push, Option<String>), GitlabError> {
     // The kind first: other events (merge requests, notes) have other shapes for the same keys.
     let kind: Kind = serde_json::from_slice(body).map_err(|e| GitlabError(e.to_string()))?;
     if kind.object_kind != "push" && kind.object_kind != "tag_push" {
-        let why = format!("gitlab {} event, not a push", kind.object_kind);
-        return Ok((Push::Skip(why), None));
+        return Ok((Push::not_a_push("gitlab", &kind.object_kind), None));
     }
     let b: Body = serde_json::from_slice(body).map_err(|e| GitlabError(e.to_string()))?;
     let commit = b.checkout_sha.or(b.after).unwrap_or_default();
-    if commit.is_empty() || commit.bytes().all(|c| c == b'0') {
+    if commit.is_empty() || is_null_commit(&commit) {
         let why = "gitlab push without a commit (a deleted branch or tag)";
         return Ok((Push::Skip(why.into()), None));
     }
     if kind.object_kind == "push" && b.commits.is_empty() {
         return Ok((Push::Skip("gitlab push without commits".into()), None));
     }
-    if !is_commit_sha(&commit) {
+    let Some(commit) = checked_commit(&commit) else {
         return Err(GitlabError(format!(
             "checkout_sha {commit:?} is not a commit SHA"
         )));
-    }
+    };
     let repo = b
         .repository
         .ok_or_else(|| GitlabError("missing field `repository`".into()))?;
@@ -122,14 +117,7 @@ pub(crate) fn parse_with_repository(body: &[u8]) -> Result<(Push, Option<String>
                 url: c.url,
                 message: c.message,
                 date: c.timestamp,
-                author: b
-                    .user_username
-                    .filter(|_| by_pusher)
-                    .map(|username| Person {
-                        username,
-                        url: None,
-                        avatar_url: None,
-                    }),
+                author: b.user_username.filter(|_| by_pusher).map(Person::named),
                 committer: None,
             }
         });
@@ -138,7 +126,7 @@ pub(crate) fn parse_with_repository(body: &[u8]) -> Result<(Push, Option<String>
         .map(|p| (p.default_branch, p.path_with_namespace))
         .unwrap_or_default();
     let metadata = Metadata {
-        commit: commit.to_ascii_lowercase(),
+        commit,
         git_url: repo.git_ssh_url,
         git_ref: Some(git_ref),
         default_branch,
@@ -176,7 +164,10 @@ mod tests {
 
     #[test]
     fn a_push_maps_like_quay() {
-        let Push::Build(m) = parse(&push("push", SHA, &commit("john@example.com"))).unwrap() else {
+        let Push::Build(m) = parse(&push("push", SHA, &commit("john@example.com")))
+            .unwrap()
+            .0
+        else {
             panic!("skipped");
         };
         assert_eq!(m.commit, SHA);
@@ -186,7 +177,9 @@ mod tests {
         assert_eq!(info.message, "fix it");
         assert_eq!(info.author.unwrap().username, "jsmith");
         // Someone else's commit: no user name is guessed.
-        let Push::Build(m) = parse(&push("push", SHA, &commit("other@example.com"))).unwrap()
+        let Push::Build(m) = parse(&push("push", SHA, &commit("other@example.com")))
+            .unwrap()
+            .0
         else {
             panic!("skipped");
         };
@@ -196,7 +189,7 @@ mod tests {
     #[test]
     fn tag_pushes_build_and_other_events_skip() {
         assert!(matches!(
-            parse(&push("tag_push", SHA, "[]")).unwrap(),
+            parse(&push("tag_push", SHA, "[]")).unwrap().0,
             Push::Build(_)
         ));
         for (body, want) in [
@@ -210,7 +203,7 @@ mod tests {
                 "gitlab push without a commit (a deleted branch or tag)",
             ),
         ] {
-            let Push::Skip(why) = parse(&body).unwrap() else {
+            let Push::Skip(why) = parse(&body).unwrap().0 else {
                 panic!("{want}: not skipped");
             };
             assert_eq!(why, want);

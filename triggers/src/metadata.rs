@@ -16,6 +16,17 @@ pub struct Person {
     pub avatar_url: Option<String>,
 }
 
+impl Person {
+    /// A person known by user name only (no profile page or avatar).
+    pub fn named(username: String) -> Person {
+        Person {
+            username,
+            url: None,
+            avatar_url: None,
+        }
+    }
+}
+
 /// `commit_info`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitInfo {
@@ -63,9 +74,32 @@ pub enum Push {
     Skip(String),
 }
 
+impl Push {
+    /// The skip for a delivery of another kind of event: `<provider> <event> event, not a push`.
+    pub fn not_a_push(provider: &str, event: &str) -> Push {
+        Push::Skip(format!("{provider} {event} event, not a push"))
+    }
+}
+
 /// Whether `commit` looks like a commit SHA: hex, 7 to 64 characters (Quay: hex, at least 7).
 pub fn is_commit_sha(commit: &str) -> bool {
     (7..=64).contains(&commit.len()) && commit.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// `commit` in lower case if it is a commit SHA ([`is_commit_sha`]): every provider's commit
+/// goes through here, so metadata always carries a lower-case SHA.
+pub fn checked_commit(commit: &str) -> Option<String> {
+    is_commit_sha(commit).then(|| commit.to_ascii_lowercase())
+}
+
+/// Whether `commit` is all zeros: git's "no object", the new value of a deleted ref.
+pub fn is_null_commit(commit: &str) -> bool {
+    !commit.is_empty() && commit.bytes().all(|b| b == b'0')
+}
+
+/// The first 7 characters of `commit` (Quay's short SHA, for the fallback tag and templates).
+pub fn short_sha(commit: &str) -> String {
+    commit.chars().take(7).collect()
 }
 
 #[cfg(test)]
@@ -81,6 +115,12 @@ mod tests {
         assert!(!is_commit_sha(&"a".repeat(65)));
         assert!(!is_commit_sha("1c002dz"));
         assert!(!is_commit_sha(""));
+        assert_eq!(checked_commit("ABCDEF0").as_deref(), Some("abcdef0"));
+        assert_eq!(checked_commit("xyz1234"), None);
+        assert!(is_null_commit(&"0".repeat(40)));
+        assert!(!is_null_commit("") && !is_null_commit("0000001"));
+        assert_eq!(short_sha("1c002dd4b536"), "1c002dd");
+        assert_eq!(short_sha("abc"), "abc");
     }
 
     #[test]

@@ -9,7 +9,12 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::filter::{BranchTagFilter, FilterError, skip_marker};
 use crate::metadata::Metadata;
 use crate::tags::{TagOptions, escape_tag, ref_tags, short_sha_tag};
-use crate::template::{self, TagTemplate, TemplateError};
+use crate::template::{self, TagTemplate, TemplateError, quoted};
+
+/// Most `tag_templates` a trigger may have.
+pub const MAX_TEMPLATES: usize = 32;
+/// Longest tag template, in bytes (a tag is at most 127 characters; templates name fields).
+pub const MAX_TEMPLATE_LEN: usize = 256;
 
 /// Quay's trigger config keys, with Quay's names and defaults. Unknown keys (credentials and the
 /// like, which buildman keeps in the same JSON) are ignored.
@@ -26,7 +31,8 @@ pub struct TriggerConfig {
     /// The build context directory, from the repository root (default `/`).
     #[serde(default = "default_context", deserialize_with = "context_or_root")]
     pub context: String,
-    /// Only pushes whose `heads/<branch>` or `tags/<tag>` fully matches build.
+    /// Only pushes whose `heads/<branch>` or `tags/<tag>` it matches in full build (as Python's
+    /// `re.match` does: the first match found must cover the whole subject).
     #[serde(default)]
     pub branchtag_regex: Option<String>,
     /// Tag with the branch or tag name (default true).
@@ -87,6 +93,26 @@ pub enum ConfigError {
         "branchtag_regex is empty, which matches no push: leave it out to build every push, or give a pattern such as heads/main"
     )]
     EmptyRegex,
+    /// More than [`MAX_TEMPLATES`] tag templates.
+    #[error(
+        "tag_templates has {count} templates, more than the {MAX_TEMPLATES} allowed: keep the ones you need"
+    )]
+    TooManyTemplates {
+        /// How many were given.
+        count: usize,
+    },
+    /// A tag template longer than [`MAX_TEMPLATE_LEN`] bytes.
+    #[error(
+        "tag_templates[{index}] is {len} bytes long, more than the {MAX_TEMPLATE_LEN} allowed: {start:?}"
+    )]
+    TemplateTooLong {
+        /// Its position in `tag_templates`.
+        index: usize,
+        /// Its length in bytes.
+        len: usize,
+        /// Its first 80 characters.
+        start: String,
+    },
     /// A tag template names an object, no field, or leaves `${` open.
     #[error("tag_templates[{index}] is not usable: {error}")]
     Template {
@@ -166,11 +192,23 @@ pub fn check(config: &TriggerConfig) -> Result<CheckedConfig, ConfigError> {
         Some("") => return Err(ConfigError::EmptyRegex),
         Some(pattern) => Some(BranchTagFilter::new(pattern)?),
     };
+    if config.tag_templates.len() > MAX_TEMPLATES {
+        return Err(ConfigError::TooManyTemplates {
+            count: config.tag_templates.len(),
+        });
+    }
     let templates = config
         .tag_templates
         .iter()
         .enumerate()
         .map(|(index, t)| {
+            if t.len() > MAX_TEMPLATE_LEN {
+                return Err(ConfigError::TemplateTooLong {
+                    index,
+                    len: t.len(),
+                    start: quoted(t),
+                });
+            }
             TagTemplate::parse(t).map_err(|error| ConfigError::Template { index, error })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -383,6 +421,51 @@ mod tests {
             e.contains("commit_info.author.username"),
             "lists the valid fields: {e}"
         );
+    }
+
+    #[test]
+    fn template_count_and_length_are_capped_with_clear_errors() {
+        let many = vec!["${commit}".to_owned(); MAX_TEMPLATES + 1];
+        let e = check(&config(json!({"build_source": "s", "tag_templates": many})))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "tag_templates has 33 templates, more than the 32 allowed: keep the ones you need"
+        );
+        let at_cap = vec!["${commit}".to_owned(); MAX_TEMPLATES];
+        assert!(
+            check(&config(
+                json!({"build_source": "s", "tag_templates": at_cap})
+            ))
+            .is_ok()
+        );
+        let long = "v".repeat(MAX_TEMPLATE_LEN + 1);
+        let e = check(&config(
+            json!({"build_source": "s", "tag_templates": ["x", long]}),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "tag_templates[1] is 257 bytes long, more than the 256 allowed: \"{}...\"",
+                "v".repeat(80)
+            )
+        );
+        let fits = "v".repeat(MAX_TEMPLATE_LEN);
+        assert!(
+            check(&config(
+                json!({"build_source": "s", "tag_templates": [fits]})
+            ))
+            .is_ok()
+        );
+        let e = check(&config(
+            json!({"build_source": "s", "branchtag_regex": "x".repeat(2000)}),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("branchtag_regex is 2000 bytes long"), "{e}");
     }
 
     #[test]

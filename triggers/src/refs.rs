@@ -12,6 +12,26 @@ pub enum RefKind {
     Remote,
 }
 
+impl RefKind {
+    /// The folder under `refs/`: `heads`, `tags` or `remotes`.
+    pub fn dir(self) -> &'static str {
+        match self {
+            RefKind::Branch => "heads",
+            RefKind::Tag => "tags",
+            RefKind::Remote => "remotes",
+        }
+    }
+
+    /// The `parsed_ref` field a template names it by: `branch`, `tag` or `remote`.
+    pub fn field(self) -> &'static str {
+        match self {
+            RefKind::Branch => "branch",
+            RefKind::Tag => "tag",
+            RefKind::Remote => "remote",
+        }
+    }
+}
+
 /// A parsed ref; `name` keeps its slashes (`feature/x`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParsedRef {
@@ -44,12 +64,7 @@ impl ParsedRef {
     /// The string `branchtag_regex` is matched against: `heads/<branch>`, `tags/<tag>` or
     /// `remotes/<remote>` (Quay matches `ref.split("/", 1)[1]`, not the bare name).
     pub fn filter_subject(&self) -> String {
-        let kind = match self.kind {
-            RefKind::Branch => "heads",
-            RefKind::Tag => "tags",
-            RefKind::Remote => "remotes",
-        };
-        format!("{kind}/{}", self.name)
+        format!("{}/{}", self.kind.dir(), self.name)
     }
 }
 

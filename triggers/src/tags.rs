@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::metadata::short_sha;
 use crate::refs::{ParsedRef, RefKind};
 
 /// Longest tag Quay produces (it truncates to 127 characters).
@@ -92,7 +93,7 @@ pub fn ref_tags(
 
 /// The tag of last resort: the first 7 characters of `commit`, escaped.
 pub fn short_sha_tag(commit: &str) -> String {
-    escape_tag(&commit.chars().take(7).collect::<String>())
+    escape_tag(&short_sha(commit))
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 
 use serde_json::{Map, Value};
 
-use crate::refs::{ParsedRef, RefKind};
+use crate::metadata::short_sha;
+use crate::refs::ParsedRef;
 
 /// Every field a template may name: the trigger metadata's scalar fields plus the two Quay adds
 /// for templates (`commit_info.short_sha`, `parsed_ref.*`).
@@ -30,13 +31,25 @@ pub const FIELDS: &[&str] = &[
     "parsed_ref.remote",
 ];
 
+/// How much of a template (or variable) an error quotes, in characters.
+const QUOTED_CHARS: usize = 80;
+
+/// `text` cut to [`QUOTED_CHARS`] characters, with `...` when cut: errors quote user input, and a
+/// long template must not make a long message.
+pub(crate) fn quoted(text: &str) -> String {
+    match text.char_indices().nth(QUOTED_CHARS) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
 /// Why a template cannot be used; each names the template and what to write instead.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
     /// `${` without its `}`.
     #[error("tag template {template:?}: `${{` at byte {at} is not closed by `}}`")]
     Unclosed {
-        /// The template.
+        /// The template (its first 80 characters).
         template: String,
         /// Where the `${` starts.
         at: usize,
@@ -44,9 +57,9 @@ pub enum TemplateError {
     /// A variable that names no field, or an object (`commit_info.author`).
     #[error("tag template {template:?}: {variable:?} is {problem}; use one of: {}", FIELDS.join(", "))]
     Field {
-        /// The template.
+        /// The template (its first 80 characters).
         template: String,
-        /// The variable as written.
+        /// The variable as written (its first 80 characters).
         variable: String,
         /// "an object" or "not a field".
         problem: &'static str,
@@ -76,8 +89,8 @@ impl TagTemplate {
                 parts.push(Part::Text(rest[..start].to_owned()));
             }
             let after = &rest[start + 2..];
-            let end = after.find('}').ok_or(TemplateError::Unclosed {
-                template: template.to_owned(),
+            let end = after.find('}').ok_or_else(|| TemplateError::Unclosed {
+                template: quoted(template),
                 at: offset + start,
             })?;
             let variable = after[..end].trim();
@@ -86,8 +99,8 @@ impl TagTemplate {
                     .iter()
                     .any(|f| f.starts_with(variable) && f[variable.len()..].starts_with('.'));
                 TemplateError::Field {
-                    template: template.to_owned(),
-                    variable: variable.to_owned(),
+                    template: quoted(template),
+                    variable: quoted(variable),
                     problem: if object && !variable.is_empty() {
                         "an object, not a value"
                     } else {
@@ -135,7 +148,7 @@ pub fn context(metadata: &Value) -> Value {
         return ctx;
     };
     if let Some(commit) = obj.get("commit").and_then(Value::as_str) {
-        let short: String = commit.chars().take(7).collect();
+        let short = short_sha(commit);
         let info = obj
             .entry("commit_info")
             .or_insert_with(|| Value::Object(Map::new()));
@@ -148,13 +161,8 @@ pub fn context(metadata: &Value) -> Value {
         .and_then(Value::as_str)
         .and_then(ParsedRef::parse)
     {
-        let key = match parsed.kind {
-            RefKind::Branch => "branch",
-            RefKind::Tag => "tag",
-            RefKind::Remote => "remote",
-        };
         let mut map = Map::new();
-        map.insert(key.into(), Value::String(parsed.name));
+        map.insert(parsed.kind.field().into(), Value::String(parsed.name));
         obj.insert("parsed_ref".into(), Value::Object(map));
     }
     ctx
@@ -241,6 +249,18 @@ mod tests {
                 at: 2
             }
         );
+    }
+
+    #[test]
+    fn errors_quote_at_most_80_characters() {
+        let long = format!("{}${{nope}}", "x".repeat(300));
+        let TemplateError::Field { template, .. } = TagTemplate::parse(&long).unwrap_err() else {
+            panic!("not a field error");
+        };
+        assert_eq!(template, format!("{}...", "x".repeat(80)));
+        let e = TagTemplate::parse(&format!("${{{}", "y".repeat(500))).unwrap_err();
+        assert!(e.to_string().len() < 200, "{e}");
+        assert_eq!(quoted("ünï"), "ünï");
     }
 
     #[test]

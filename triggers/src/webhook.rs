@@ -4,6 +4,7 @@
 //! Quay checks no provider signature at all (its only secret is the token in the webhook URL);
 //! Quarry checks one when the trigger has a webhook secret, with the header each provider uses.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
@@ -107,6 +108,14 @@ impl Headers {
             .find_map(|(_, v)| std::str::from_utf8(v).ok())
             .map(str::trim)
     }
+
+    /// The first value of `name` as sent, bytes untouched (for a secret compared as is).
+    fn raw(&self, name: &str) -> Option<&[u8]> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
 }
 
 /// Why a delivery's signature was refused; each names the header.
@@ -155,24 +164,26 @@ pub fn verify(
         Service::Bitbucket => HUB_SIGNATURE,
         Service::Gitlab => GITLAB_TOKEN,
     };
-    let value = headers
-        .get(header)
-        .ok_or(SignatureError::Missing { header })?;
     if secret.is_empty() {
         return Err(SignatureError::Mismatch { header });
     }
     if service == Service::Gitlab {
+        // The raw value: a token is compared byte for byte, never trimmed or decoded.
+        let value = headers
+            .raw(header)
+            .ok_or(SignatureError::Missing { header })?;
         // Digests of equal length, so that neither the comparison time nor an early length check
         // tells how long the secret is.
-        let same: bool = Sha256::digest(value.as_bytes())
-            .ct_eq(&Sha256::digest(secret))
-            .into();
+        let same: bool = Sha256::digest(value).ct_eq(&Sha256::digest(secret)).into();
         return if same {
             Ok(())
         } else {
             Err(SignatureError::Mismatch { header })
         };
     }
+    let value = headers
+        .get(header)
+        .ok_or(SignatureError::Missing { header })?;
     let hex_sig = value
         .strip_prefix("sha256=")
         .ok_or(SignatureError::Malformed {
@@ -203,6 +214,14 @@ pub enum PayloadError {
     /// A Bitbucket push that is not usable.
     #[error(transparent)]
     Bitbucket(#[from] BitbucketError),
+    /// A form-encoded delivery (`application/x-www-form-urlencoded`) without a usable `payload`.
+    #[error(
+        "form-encoded body is not usable: {problem}; or set the webhook's content type to application/json"
+    )]
+    Form {
+        /// What is wrong with it.
+        problem: String,
+    },
     /// A custom-git body that fits neither the custom schema nor a provider's push.
     #[error(
         "custom git webhook body is neither the custom schema ({custom}) nor a GitHub push, Bitbucket repo:push or GitLab push payload"
@@ -229,31 +248,58 @@ pub enum PayloadError {
     },
 }
 
+/// The JSON of a delivery: the body itself, or for a form-encoded one (GitHub's default hook
+/// content type, `application/x-www-form-urlencoded`) its `payload` field, decoded. Signatures
+/// are always over the raw body.
+fn json_body<'a>(headers: &Headers, body: &'a [u8]) -> Result<Cow<'a, [u8]>, PayloadError> {
+    let form = headers.get("Content-Type").is_some_and(|t| {
+        let essence = t.split(';').next().unwrap_or_default().trim();
+        essence.eq_ignore_ascii_case("application/x-www-form-urlencoded")
+    });
+    if !form {
+        return Ok(Cow::Borrowed(body));
+    }
+    let fields: Vec<(String, String)> =
+        serde_urlencoded::from_bytes(body).map_err(|e| PayloadError::Form {
+            problem: e.to_string(),
+        })?;
+    fields
+        .into_iter()
+        .find(|(k, _)| k == "payload")
+        .map(|(_, v)| Cow::Owned(v.into_bytes()))
+        .ok_or_else(|| PayloadError::Form {
+            problem: "it has no payload field".into(),
+        })
+}
+
 /// The push a delivery asks for. `build_source` is the trigger's config `build_source`: for
 /// custom-git the clone URL (always used as the metadata's `git_url`, whatever the body says); for
 /// GitHub, GitLab and Bitbucket `owner/repo`, which the payload's repository must equal
-/// (case-insensitive; empty = not checked), with `git_url` taken from the payload.
+/// (case-insensitive; empty = not checked), with `git_url` taken from the payload. A
+/// form-encoded body (GitHub's other content type) is decoded first.
 pub fn parse(
     service: Service,
     headers: &Headers,
     body: &[u8],
     build_source: &str,
 ) -> Result<Push, PayloadError> {
+    let body = json_body(headers, body)?;
+    let body = body.as_ref();
     let (push, repository, field) = match service {
         Service::CustomGit => {
             let events = (headers.get("X-GitHub-Event"), headers.get("X-Event-Key"));
             return custom::parse_any(body, build_source, events);
         }
         Service::Github => {
-            let (p, r) = github::parse_with_repository(headers.get("X-GitHub-Event"), body)?;
+            let (p, r) = github::parse(headers.get("X-GitHub-Event"), body)?;
             (p, r, "repository.full_name")
         }
         Service::Gitlab => {
-            let (p, r) = gitlab::parse_with_repository(body)?;
+            let (p, r) = gitlab::parse(body)?;
             (p, r, "project.path_with_namespace")
         }
         Service::Bitbucket => {
-            let (p, r) = bitbucket::parse_with_repository(headers.get("X-Event-Key"), body)?;
+            let (p, r) = bitbucket::parse(headers.get("X-Event-Key"), body)?;
             (p, r, "repository.full_name")
         }
     };
@@ -335,6 +381,11 @@ pub(crate) mod tests {
                 verify(svc, &good, body, b""),
                 Err(SignatureError::Mismatch { header })
             );
+            assert_eq!(
+                verify(svc, &Headers::default(), body, b""),
+                Err(SignatureError::Mismatch { header }),
+                "an empty secret is refused before the header is looked at"
+            );
         }
         // GitHub's legacy SHA-1 header alone is not accepted for GitHub.
         let sha1_only = signed(HUB_SIGNATURE, body, SECRET);
@@ -372,13 +423,49 @@ pub(crate) mod tests {
     fn gitlab_sends_the_secret_itself() {
         let ok = Headers::new([("x-gitlab-token", SECRET)]);
         assert_eq!(verify(Service::Gitlab, &ok, b"{}", SECRET), Ok(()));
+        let mismatch = Err(SignatureError::Mismatch {
+            header: GITLAB_TOKEN,
+        });
         let prefix = Headers::new([("X-Gitlab-Token", &SECRET[..10])]);
+        assert_eq!(verify(Service::Gitlab, &prefix, b"{}", SECRET), mismatch);
+        // The raw value is compared: surrounding spaces are not the secret.
+        let mut padded = b" ".to_vec();
+        padded.extend_from_slice(SECRET);
+        let padded = Headers::new([("X-Gitlab-Token", padded)]);
+        assert_eq!(verify(Service::Gitlab, &padded, b"{}", SECRET), mismatch);
         assert_eq!(
-            verify(Service::Gitlab, &prefix, b"{}", SECRET),
-            Err(SignatureError::Mismatch {
-                header: GITLAB_TOKEN
-            })
+            verify(Service::Gitlab, &Headers::default(), b"{}", b""),
+            mismatch
         );
+    }
+
+    #[test]
+    fn a_form_encoded_github_delivery_is_decoded() {
+        let form = format!(
+            "payload={}",
+            GITHUB_PUSH
+                .bytes()
+                .map(|b| format!("%{b:02X}"))
+                .collect::<String>()
+        );
+        let h = Headers::new([
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("X-GitHub-Event", "push"),
+        ]);
+        let Push::Build(m) = parse(Service::Github, &h, form.as_bytes(), "acme/app").unwrap()
+        else {
+            panic!("skipped");
+        };
+        assert_eq!(m.commit, "1c002dd4b536e7479fe34593e72e6c6c1819e53b");
+        let e = parse(Service::Github, &h, b"other=1", "").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "form-encoded body is not usable: it has no payload field; or set the webhook's \
+             content type to application/json"
+        );
+        // As JSON, the same form body is not a payload.
+        let json = Headers::new([("Content-Type", "application/json")]);
+        assert!(parse(Service::Github, &json, form.as_bytes(), "").is_err());
     }
 
     pub(crate) const GITHUB_PUSH: &str = r#"{"ref": "refs/heads/main",

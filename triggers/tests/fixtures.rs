@@ -126,6 +126,21 @@ fn table() -> Vec<Row> {
             Want::Skip("github push without a head commit (a deleted branch)"),
         ),
         row("github/ping", Github, GH, true, Want::Skip("github ping")),
+        // GitHub's default content type: the same push as github/push-branch, form-encoded.
+        row(
+            "github/push-branch-form",
+            Github,
+            GH,
+            true,
+            build(
+                "8457785ada4ab6182c16fbac60586081edf51999",
+                "refs/heads/main",
+                GH_URL,
+                Some("main"),
+                Some("trihn"),
+                &["latest", "main"],
+            ),
+        ),
         row(
             "gitlab/push-branch",
             Gitlab,
@@ -226,6 +241,13 @@ fn table() -> Vec<Row> {
             Want::Skip("bitbucket push deleting a branch or tag (push.changes[-1].new is null)"),
         ),
         row(
+            "bitbucket/empty-push",
+            Bitbucket,
+            BB,
+            true,
+            Want::Skip("bitbucket push without changes"),
+        ),
+        row(
             "bitbucket/pullrequest-created",
             Bitbucket,
             BB,
@@ -247,6 +269,29 @@ fn table() -> Vec<Row> {
             ),
         ),
         row(
+            "custom-git/push-branch-signed",
+            CustomGit,
+            CUSTOM_URL,
+            true,
+            build(
+                "9b41e07c3d2a58f6e1b0c7d4a9e2f8b3c6d1a5e0",
+                "refs/heads/night-shift",
+                CUSTOM_URL,
+                Some("main"),
+                Some("tender"),
+                &["night-shift"],
+            ),
+        ),
+        row(
+            "custom-git/delete-branch",
+            CustomGit,
+            CUSTOM_URL,
+            false,
+            Want::Skip(
+                "custom git push deleting refs/heads/retired-beacon (the commit is all zeros)",
+            ),
+        ),
+        row(
             "custom-git/push-tag-minimal",
             CustomGit,
             CUSTOM_URL,
@@ -263,18 +308,32 @@ fn table() -> Vec<Row> {
     ]
 }
 
-/// `Name: value` lines as the provider sends them.
-fn headers(file: &str) -> Headers {
+/// `Name: value` lines as the provider sends them, minus the header named `without` if any.
+fn headers_without(file: &str, without: &str) -> Headers {
     let text = fs::read_to_string(common::fixture(&format!("webhooks/{file}.headers"))).unwrap();
-    Headers::new(text.lines().filter(|l| !l.is_empty()).map(|l| {
-        let (k, v) = l
-            .split_once(':')
-            .unwrap_or_else(|| panic!("{file}: bad line {l:?}"));
-        (k.trim().to_owned(), v.trim().to_owned())
-    }))
+    Headers::new(
+        text.lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (k, v) = l
+                    .split_once(':')
+                    .unwrap_or_else(|| panic!("{file}: bad line {l:?}"));
+                (k.trim().to_owned(), v.trim().to_owned())
+            })
+            .filter(|(k, _)| !k.eq_ignore_ascii_case(without)),
+    )
 }
 
+fn headers(file: &str) -> Headers {
+    headers_without(file, "")
+}
+
+/// The body: `<file>.form` for a form-encoded delivery, else `<file>.json`.
 fn body(file: &str) -> Vec<u8> {
+    let form = common::fixture(&format!("webhooks/{file}.form"));
+    if form.exists() {
+        return fs::read(form).unwrap();
+    }
     fs::read(common::fixture(&format!("webhooks/{file}.json"))).unwrap()
 }
 
@@ -297,14 +356,32 @@ fn every_fixture_verifies_parses_and_plans_as_recorded() {
             assert_eq!(verified, Ok(()), "{file}");
             let mut tampered = b.clone();
             tampered.push(b' ');
-            assert!(
-                matches!(
-                    webhook::verify(row.service, &h, &tampered, SECRET),
-                    Err(SignatureError::Mismatch { .. })
-                ) || row.service == Service::Gitlab,
-                "{file}: a changed body must not verify"
-            );
+            let after_tampering = webhook::verify(row.service, &h, &tampered, SECRET);
+            if row.service == Service::Gitlab {
+                // GitLab sends the secret itself, not a signature: the body plays no part.
+                assert_eq!(after_tampering, Ok(()), "{file}");
+            } else {
+                assert!(
+                    matches!(after_tampering, Err(SignatureError::Mismatch { .. })),
+                    "{file}: a changed body must not verify"
+                );
+            }
             assert!(webhook::verify(row.service, &h, &b, b"not the fixture secret").is_err());
+            if row.service == Service::Github {
+                // Every GitHub fixture also carries the SHA-1 X-Hub-Signature; it is ignored.
+                assert!(
+                    h.get("X-Hub-Signature").unwrap().starts_with("sha1="),
+                    "{file}"
+                );
+                let sha1_only = headers_without(file, "X-Hub-Signature-256");
+                assert_eq!(
+                    webhook::verify(row.service, &sha1_only, &b, SECRET),
+                    Err(SignatureError::Missing {
+                        header: "X-Hub-Signature-256"
+                    }),
+                    "{file}"
+                );
+            }
         } else {
             assert!(
                 matches!(verified, Err(SignatureError::Missing { .. })),
@@ -389,9 +466,11 @@ fn every_fixture_is_in_the_table() {
             let f = f.unwrap().file_name().into_string().unwrap();
             let (stem, ext) = f.rsplit_once('.').unwrap();
             assert!(
-                ext == "json" || ext == "headers",
+                ["json", "form", "headers"].contains(&ext),
                 "{name}/{f}: unexpected file"
             );
+            // A body is .json or .form; both count as the body.
+            let ext = if ext == "headers" { "headers" } else { "body" };
             on_disk.insert((format!("{name}/{stem}"), ext.to_owned()));
         }
     }
@@ -399,7 +478,7 @@ fn every_fixture_is_in_the_table() {
     let files: BTreeSet<String> = on_disk.iter().map(|(s, _)| s.clone()).collect();
     assert_eq!(files, rows, "fixture files and table rows differ");
     for stem in &rows {
-        for ext in ["json", "headers"] {
+        for ext in ["body", "headers"] {
             assert!(
                 on_disk.contains(&(stem.clone(), ext.to_owned())),
                 "{stem}.{ext} is missing"

@@ -274,7 +274,7 @@ pub(crate) async fn create(
     let source = request::source(&req)?;
     if let Source::Git(git) = &source
         && !state.settings.allow_local_git_sources
-        && request::is_local_git_url(&git.url)
+        && crate::trigger::git_url::is_local(&git.url)
     {
         return Err(InvalidRequest::LocalGitSource {
             url: git.url.clone(),
@@ -337,18 +337,22 @@ pub(crate) async fn create(
         .await?;
     state.control.wake();
     tracing::info!(build_id = %uuid, repository = %name, "build queued");
-    // A repository name with more components is one path segment, its slashes as %2F.
-    let location = format!(
-        "/api/v1/repository/{}/{}/build/{uuid}/status",
-        name.namespace(),
-        name.repository().replace('/', "%2F")
-    );
     Ok((
         StatusCode::CREATED,
-        [(header::LOCATION, location)],
+        [(header::LOCATION, location(&name, &uuid))],
         Json(view),
     )
         .into_response())
+}
+
+/// The `Location` of a created build: its status URL. A repository name with more components is
+/// one path segment, its slashes as %2F.
+pub(super) fn location(name: &RepoName, uuid: &str) -> String {
+    format!(
+        "/api/v1/repository/{}/{}/build/{uuid}/status",
+        name.namespace(),
+        name.repository().replace('/', "%2F")
+    )
 }
 
 /// Quay's rules for `pull_robot`: a robot of the repository's namespace (else 400), existing

@@ -10,15 +10,16 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
 use http::StatusCode;
-use registry_core::accounts::credentials::{self, Principal};
+use registry_core::accounts::credentials::Principal;
 use registry_core::accounts::permissions::Role;
 use registry_core::api::common::{forbidden, repo_name};
-use registry_core::api::error::{ApiV1Error, quay_error_response};
+use registry_core::api::error::quay_error_response;
 use registry_core::names::RepoName;
-use registry_core::repos;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::builds::authorize_to;
+use super::trigger_error::forward_to_build_api;
 use super::view::rfc2822_ms;
 use super::{BuildApiError, Caller, Shared, both, parse_json};
 use crate::notify::check::{self, NotificationConfigError, NotificationRequest};
@@ -47,29 +48,7 @@ enum NotificationApiError {
     NoUserNotification { uuid: String },
 }
 
-impl From<ApiV1Error> for NotificationApiError {
-    fn from(e: ApiV1Error) -> Self {
-        NotificationApiError::Api(e.into())
-    }
-}
-
-impl From<crate::db::BuildDbError> for NotificationApiError {
-    fn from(e: crate::db::BuildDbError) -> Self {
-        NotificationApiError::Api(e.into())
-    }
-}
-
-impl From<registry_core::db::DbError> for NotificationApiError {
-    fn from(e: registry_core::db::DbError) -> Self {
-        NotificationApiError::Api(e.into())
-    }
-}
-
-impl From<registry_core::accounts::AccountError> for NotificationApiError {
-    fn from(e: registry_core::accounts::AccountError) -> Self {
-        NotificationApiError::Api(e.into())
-    }
-}
+forward_to_build_api!(NotificationApiError);
 
 impl From<inapp::InAppTargetError> for NotificationApiError {
     fn from(e: inapp::InAppTargetError) -> Self {
@@ -108,29 +87,28 @@ pub(super) fn routes(r: Router<Shared>) -> Router<Shared> {
 /// Check that `caller` administers the existing repository `name` (401/403/404 as the builds
 /// API answers).
 async fn admin(state: &Shared, caller: Principal, name: RepoName) -> Result<()> {
-    let su = state.registry.config.super_users.clone();
-    state
-        .registry
-        .db
-        .read(move |conn| {
-            let role = credentials::repo_role(conn, Some(&caller), &su, &name)?;
-            if role < Role::Admin {
-                return Err(forbidden(format!(
-                    "manage notifications of repository {:?}",
-                    name.as_str()
-                ))
-                .into());
-            }
-            if repos::find(conn, &name)?.is_none() {
-                return Err(ApiV1Error::NotFound {
-                    kind: "repository",
-                    name: name.to_string(),
-                }
-                .into());
-            }
-            Ok(())
-        })
-        .await
+    authorize_to(
+        state,
+        Some(caller),
+        name,
+        Role::Admin,
+        "manage notifications of",
+    )
+    .await?;
+    Ok(())
+}
+
+/// The caller of the in-app list: a user's own credentials, never a scoped token (a trigger's
+/// webhook token is scoped to one repository and must not read its owner's notifications).
+fn inbox_owner(caller: &Principal) -> Result<String> {
+    match caller.unscoped() {
+        Some(account) => Ok(account.name.clone()),
+        None => Err(BuildApiError::from(forbidden(
+            "read or change in-app notifications with a repository-scoped token: use the \
+             user's own credentials",
+        ))
+        .into()),
+    }
 }
 
 fn urls(state: &Shared) -> Urls {
@@ -184,13 +162,13 @@ async fn create(
         name.as_str(),
     )?;
     if method == Method::QuayNotification {
-        let (namespace, cfg) = (name.namespace().to_owned(), config.clone());
+        let (repo, cfg) = (name.clone(), config.clone());
         state
             .registry
             .db
             .read(move |conn| {
                 let target = inapp::target(&cfg)?;
-                inapp::recipients(conn, &namespace, target)?;
+                inapp::check_recipients(conn, &repo, target)?;
                 Ok::<_, NotificationApiError>(())
             })
             .await?;
@@ -291,7 +269,7 @@ async fn test(
 }
 
 async fn user_list(State(state): State<Shared>, Caller(caller): Caller) -> Result<Json<Value>> {
-    let user = caller.account.name;
+    let user = inbox_owner(&caller)?;
     let rows = state
         .builds
         .read(move |conn| inbox::list(conn, &user, INBOX_LIMIT))
@@ -324,8 +302,8 @@ async fn user_update(
     Path(uuid): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>> {
+    let user = inbox_owner(&caller)?;
     let req: Dismiss = parse_json(&body)?;
-    let user = caller.account.name;
     let u2 = uuid.clone();
     let found = state
         .builds

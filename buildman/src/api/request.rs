@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::error::InvalidRequest;
 use crate::model::GitSource;
+use crate::trigger::git_url;
 
 /// `POST /api/v1/repository/{ns}/{repo}/build/` as sent. Unknown fields are refused so that a
 /// misspelt option (`buildargs`) is an error rather than silently ignored.
@@ -89,37 +90,10 @@ fn git(src: GitSource) -> Result<Source, InvalidRequest> {
         return Err(InvalidRequest::GitSha { sha: src.sha });
     }
     let url = src.url.trim().to_owned();
-    if !git_url_ok(&url) {
+    if !git_url::shape_ok(&url, git_url::BUILD_SCHEMES) {
         return Err(InvalidRequest::GitUrl { url: src.url });
     }
     Ok(Source::Git(GitSource { url, sha }))
-}
-
-/// Whether `url` (already accepted by `git_url_ok`) names the build host's filesystem.
-pub(crate) fn is_local_git_url(url: &str) -> bool {
-    url.starts_with('/') || url.starts_with("file://")
-}
-
-/// Clone URLs we hand to the agent: known transports only. Refused: option-like values (`-u...`),
-/// control characters, and git's remote-helper syntax (`ext::<command>` would run a command).
-fn git_url_ok(url: &str) -> bool {
-    if url.is_empty() || url.len() > 2048 || url.starts_with('-') {
-        return false;
-    }
-    if url.chars().any(|c| c.is_control() || c.is_whitespace()) || url.contains("::") {
-        return false;
-    }
-    if let Some((scheme, rest)) = url.split_once("://") {
-        return matches!(scheme, "https" | "http" | "ssh" | "git" | "file") && !rest.is_empty();
-    }
-    if url.starts_with('/') {
-        return true;
-    }
-    // scp-like `user@host:path` (git's rule: a colon before any slash).
-    match url.split_once(':') {
-        Some((host, path)) => !host.is_empty() && !host.contains('/') && !path.is_empty(),
-        None => false,
-    }
 }
 
 /// Validate `docker_tags` as registry tags; duplicates are dropped, order kept.

@@ -9,7 +9,7 @@ use crate::secrets::SecretError;
 use crate::trigger::StoreError;
 use crate::trigger::activate::ActivateError;
 use crate::trigger::deploy_key::DeployKeyError;
-use crate::trigger::push::PushError;
+use crate::trigger::push::{PushError, QueueError};
 
 /// An error answered by the trigger endpoints.
 #[derive(Debug, thiserror::Error)]
@@ -34,25 +34,9 @@ pub(crate) enum TriggerApiError {
     /// The push or manual start cannot be built.
     #[error(transparent)]
     Push(#[from] PushError),
-    /// The trigger was never activated.
-    #[error(
-        "trigger {uuid} is not active: activate it with POST .../trigger/{uuid}/activate first"
-    )]
-    NotActive {
-        /// The trigger.
-        uuid: String,
-    },
-    /// The trigger is disabled.
-    #[error(
-        "trigger {uuid} is disabled ({reason}): a repository admin can enable it with \
-         PUT .../trigger/{uuid} {{\"enabled\": true}}"
-    )]
-    Disabled {
-        /// The trigger.
-        uuid: String,
-        /// Quay's `disabled_reason`.
-        reason: String,
-    },
+    /// The trigger is inactive or disabled (or, for a manual start, skipped by its config).
+    #[error(transparent)]
+    Queue(QueueError),
     /// A manual start without `commit_sha`.
     #[error(
         "commit_sha is required: a {service} trigger configured by hand has no provider API to \
@@ -83,11 +67,22 @@ pub(crate) enum TriggerApiError {
          (Authorization: Basic $token:<token>)"
     )]
     WebhookUnauthenticated,
-    /// The webhook carries a valid token of someone or something else.
-    #[error("the token is not trigger {uuid}'s: use the webhook URL shown in the trigger's config")]
-    ForeignToken {
+    /// The trigger's own token is no longer in registry-core (deleted, expired, or its user
+    /// deleted or disabled).
+    #[error(
+        "the webhook token of trigger {uuid} is no longer valid (deleted, or its user deleted or \
+         disabled): a repository admin must restore the user's access and re-activate the \
+         trigger for a new webhook URL"
+    )]
+    TokenRevoked {
         /// The trigger.
         uuid: String,
+    },
+    /// `refs.name` or `branch_name` of a manual start is blank.
+    #[error("{field} is empty: name the branch or tag to build, or leave it out")]
+    BlankRef {
+        /// The field.
+        field: &'static str,
     },
     /// The token's owner lost write access to the repository.
     #[error(
@@ -119,6 +114,25 @@ pub(crate) enum TriggerApiError {
 
 fn in_repo(repository: Option<&str>) -> String {
     repository.map_or_else(String::new, |r| format!(" in repository {r:?}"))
+}
+
+impl From<QueueError> for TriggerApiError {
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::Gone { uuid } => TriggerApiError::NoTrigger {
+                uuid,
+                repository: None,
+            },
+            // The token that authenticated is no longer the trigger's.
+            QueueError::TokenReplaced { .. } => TriggerApiError::WebhookUnauthenticated,
+            QueueError::Push(e) => TriggerApiError::Push(e),
+            QueueError::Store(e) => TriggerApiError::Store(e),
+            QueueError::Db(e) => e.into(),
+            e @ (QueueError::NotActive { .. } | QueueError::Disabled { .. }) => {
+                TriggerApiError::Queue(e)
+            }
+        }
+    }
 }
 
 impl From<crate::db::BuildDbError> for TriggerApiError {
@@ -155,14 +169,14 @@ impl TriggerApiError {
             E::UnknownService(_)
             | E::Activate(_)
             | E::Push(_)
-            | E::NotActive { .. }
-            | E::Disabled { .. }
+            | E::Queue(_)
+            | E::BlankRef { .. }
             | E::NoCommit { .. }
             | E::ManualSkip { .. }
             | E::NoConnectedUser { .. }
             | E::Payload(_) => StatusCode::BAD_REQUEST,
             E::WebhookUnauthenticated => StatusCode::UNAUTHORIZED,
-            E::ForeignToken { .. } | E::OwnerLacksWrite { .. } | E::Signature(_) => {
+            E::TokenRevoked { .. } | E::OwnerLacksWrite { .. } | E::Signature(_) => {
                 StatusCode::FORBIDDEN
             }
             E::Store(_) | E::Secret(_) | E::DeployKey(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -185,6 +199,35 @@ impl IntoResponse for TriggerApiError {
         resp
     }
 }
+
+/// The `From` impls that forward the errors every API handler meets (builds database,
+/// registry-core's database, accounts, `/api/v1` errors) through [`BuildApiError`] into the
+/// `Api` variant of an error type that wraps it. Shared by the trigger and notification APIs.
+macro_rules! forward_to_build_api {
+    ($t:ty) => {
+        impl From<$crate::db::BuildDbError> for $t {
+            fn from(e: $crate::db::BuildDbError) -> Self {
+                Self::Api(e.into())
+            }
+        }
+        impl From<registry_core::accounts::AccountError> for $t {
+            fn from(e: registry_core::accounts::AccountError) -> Self {
+                Self::Api(e.into())
+            }
+        }
+        impl From<registry_core::db::DbError> for $t {
+            fn from(e: registry_core::db::DbError) -> Self {
+                Self::Api(e.into())
+            }
+        }
+        impl From<registry_core::api::error::ApiV1Error> for $t {
+            fn from(e: registry_core::api::error::ApiV1Error) -> Self {
+                Self::Api(e.into())
+            }
+        }
+    };
+}
+pub(super) use forward_to_build_api;
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,5 @@
-//! `POST .../trigger/{uuid}/start` (reference 5.6; repository write) and
-//! `GET .../trigger/{uuid}/builds` (read).
+//! `POST .../trigger/{uuid}/start` (reference 5.6; repository admin, Quay's rule and what the
+//! view's `can_invoke` says) and `GET .../trigger/{uuid}/builds` (read).
 
 use std::collections::HashMap;
 
@@ -13,15 +13,14 @@ use registry_core::api::common::repo_name;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use triggers::metadata::Metadata;
-use triggers::plan::Decision;
 
 use super::builds;
 use super::trigger_error::TriggerApiError;
 use super::triggers::{authorize, load};
 use super::{Caller, MaybeCaller, Shared, parse_json, view};
 use crate::model;
-use crate::trigger::push;
-use crate::trigger::store::{self, Trigger};
+use crate::trigger::push::{self, QueueRequest, Queued};
+use crate::trigger::store;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,39 +47,29 @@ struct StartRequest {
     branch_name: Option<String>,
 }
 
-/// The `ref` a manual start names: `refs`, else `branch_name`.
-fn start_ref(req: &StartRequest) -> Option<String> {
+/// The `ref` a manual start names: `refs`, else `branch_name`; a blank name is refused.
+fn start_ref(req: &StartRequest) -> Result<Option<String>, TriggerApiError> {
     if let Some(r) = &req.refs {
         let kind = match r.kind {
             RefKind::Branch => "heads",
             RefKind::Tag => "tags",
         };
-        return Some(format!("refs/{kind}/{}", r.name.trim()));
+        let name = r.name.trim();
+        if name.is_empty() {
+            return Err(TriggerApiError::BlankRef { field: "refs.name" });
+        }
+        return Ok(Some(format!("refs/{kind}/{name}")));
     }
-    let branch = req.branch_name.as_deref().map(str::trim)?;
-    (!branch.is_empty()).then(|| format!("refs/heads/{branch}"))
+    match req.branch_name.as_deref().map(str::trim) {
+        None => Ok(None),
+        Some("") => Err(TriggerApiError::BlankRef {
+            field: "branch_name",
+        }),
+        Some(branch) => Ok(Some(format!("refs/heads/{branch}"))),
+    }
 }
 
-/// Refuse an inactive or disabled trigger.
-pub(super) fn check_usable(t: &Trigger) -> Result<(), TriggerApiError> {
-    if !t.is_active() {
-        return Err(TriggerApiError::NotActive {
-            uuid: t.uuid.clone(),
-        });
-    }
-    if !t.enabled {
-        return Err(TriggerApiError::Disabled {
-            uuid: t.uuid.clone(),
-            reason: t
-                .disabled_reason
-                .clone()
-                .unwrap_or_else(|| "no reason recorded".to_owned()),
-        });
-    }
-    Ok(())
-}
-
-/// `POST .../trigger/{uuid}/start` (write): build `commit_sha`; 201 + build view + `Location`.
+/// `POST .../trigger/{uuid}/start` (admin): build `commit_sha`; 201 + build view + `Location`.
 pub(super) async fn start(
     State(state): State<Shared>,
     Caller(caller): Caller,
@@ -88,56 +77,64 @@ pub(super) async fn start(
     body: Bytes,
 ) -> Result<Response, TriggerApiError> {
     let name = repo_name(&ns, &repo).map_err(super::BuildApiError::from)?;
-    let access = authorize(&state, Some(caller.clone()), &name, Role::Write).await?;
+    let access = authorize(&state, Some(caller.clone()), &name, Role::Admin).await?;
     let req: StartRequest = parse_json(&body)?;
     let t = load(&state, &name, &uuid).await?;
-    check_usable(&t)?;
+    push::check_usable(&t)?;
     let Some(sha) = req.commit_sha.as_deref().filter(|s| !s.trim().is_empty()) else {
         return Err(TriggerApiError::NoCommit {
             service: t.service.as_str(),
         });
     };
-    let commit = push::check_commit(sha)?;
-    let config = push::stored_config(&t)?;
     let metadata = Metadata {
-        commit,
-        git_url: push::manual_git_url(t.service, t.build_source()),
-        git_ref: start_ref(&req),
+        // Checked and normalised by `queue`.
+        commit: sha.to_owned(),
+        // Replaced by the trigger's clone URL.
+        git_url: String::new(),
+        git_ref: start_ref(&req)?,
         default_branch: None,
         commit_info: None,
     };
-    push::check_git_url(&metadata.git_url, state.settings.allow_local_git_sources)?;
-    let tags = match triggers::plan::decide(&config, &metadata, true) {
-        Decision::Build { tags } => tags,
-        Decision::Skip(reason) => return Err(TriggerApiError::ManualSkip { reason }),
-    };
-    let new = push::new_build(
-        &t,
-        &config,
-        &metadata,
-        tags,
-        Some(caller.account.name.clone()),
-        state.settings.max_retries,
-    );
     let viewer = builds::viewer(&state, access);
+    let allow_local = state.settings.allow_local_git_sources;
+    let max_retries = state.settings.max_retries;
+    let repository = name.to_string();
+    let user = caller.account.name.clone();
     let (build_uuid, view) = state
         .builds
         .write(move |tx| {
-            let b = model::create(tx, &new)?;
+            let queued = push::queue(
+                tx,
+                QueueRequest {
+                    uuid: &uuid,
+                    repository: Some(&repository),
+                    sealed_token: None,
+                    metadata,
+                    manual_user: Some(user),
+                    allow_local,
+                    max_retries,
+                },
+            )
+            .map_err(|e| match e {
+                push::QueueError::Gone { uuid } => TriggerApiError::NoTrigger {
+                    uuid,
+                    repository: Some(repository.clone()),
+                },
+                e => e.into(),
+            })?;
+            let b = match queued {
+                Queued::Build(b) => b,
+                Queued::Skipped(reason) => return Err(TriggerApiError::ManualSkip { reason }),
+            };
             Ok::<_, TriggerApiError>((b.uuid.clone(), view::build_view(tx, &b, viewer, None)?))
         })
         .await?;
     state.control.wake();
     tracing::info!(build_id = %build_uuid, trigger = %t.uuid, repository = %name,
         "build queued by a manual trigger start");
-    let location = format!(
-        "/api/v1/repository/{}/{}/build/{build_uuid}/status",
-        name.namespace(),
-        name.repository().replace('/', "%2F")
-    );
     Ok((
         StatusCode::CREATED,
-        [(header::LOCATION, location)],
+        [(header::LOCATION, builds::location(&name, &build_uuid))],
         Json(view),
     )
         .into_response())
@@ -195,10 +192,20 @@ mod tests {
             json!({"commit_sha": "a", "refs": {"kind": "tag", "name": "v1"}}),
         )
         .unwrap();
-        assert_eq!(start_ref(&req).as_deref(), Some("refs/tags/v1"));
+        assert_eq!(start_ref(&req).unwrap().as_deref(), Some("refs/tags/v1"));
         let req: StartRequest = serde_json::from_value(json!({"branch_name": "main"})).unwrap();
-        assert_eq!(start_ref(&req).as_deref(), Some("refs/heads/main"));
-        assert_eq!(start_ref(&StartRequest::default()), None);
+        assert_eq!(start_ref(&req).unwrap().as_deref(), Some("refs/heads/main"));
+        assert_eq!(start_ref(&StartRequest::default()).unwrap(), None);
+        for blank in [
+            json!({"refs": {"kind": "branch", "name": " "}}),
+            json!({"branch_name": ""}),
+        ] {
+            let req: StartRequest = serde_json::from_value(blank).unwrap();
+            assert!(matches!(
+                start_ref(&req),
+                Err(TriggerApiError::BlankRef { .. })
+            ));
+        }
         assert!(serde_json::from_value::<StartRequest>(json!({"sha": "a"})).is_err());
     }
 }

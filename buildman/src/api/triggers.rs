@@ -1,7 +1,6 @@
 //! `/api/v1/repository/{ns}/{repo}/trigger/...` (reference 6.2): create (Quarry's replacement
 //! for Quay's OAuth setup pages), list, view, activate, enable or disable, delete, start by hand,
-//! and the builds of a trigger. Repository admins only, except the builds list (read) and a
-//! manual start (write).
+//! and the builds of a trigger. Repository admins only, except the builds list (read).
 
 use axum::Json;
 use axum::Router;
@@ -22,6 +21,7 @@ use triggers::webhook::Service;
 use super::builds::{self, Access};
 use super::trigger_error::TriggerApiError;
 use super::{Caller, Shared, both, parse_json, trigger_start, view};
+use crate::trigger::push::QueueError;
 use crate::trigger::store::{self, Activation, NewTrigger, Trigger};
 use crate::trigger::{activate, deploy_key};
 
@@ -230,10 +230,10 @@ async fn activate(
         .map(|s| state.secrets.seal(s.as_bytes()))
         .transpose()?;
     let id = t.uuid.clone();
-    let t = state
+    let stored = state
         .builds
         .write(move |tx| {
-            store::activate(
+            let found = store::activate(
                 tx,
                 &id,
                 &Activation {
@@ -243,15 +243,40 @@ async fn activate(
                     pull_robot: pull_robot.as_deref(),
                 },
             )?;
-            store::get(tx, &id)
+            if found { store::get(tx, &id) } else { Ok(None) }
         })
-        .await?
-        .ok_or_else(|| TriggerApiError::NoTrigger {
-            uuid: uuid.clone(),
-            repository: Some(name.to_string()),
-        })?;
+        .await;
+    let t = match stored {
+        Ok(Some(t)) => t,
+        // Deleted meanwhile, or not stored: the new token must not outlive the failure.
+        failed => {
+            drop_token(&state, &uuid).await;
+            return Err(match failed {
+                Err(e) => e.into(),
+                _ => TriggerApiError::NoTrigger {
+                    uuid,
+                    repository: Some(name.to_string()),
+                },
+            });
+        }
+    };
     tracing::info!(trigger = %t.uuid, repository = %name, "build trigger activated");
     Ok(Json(admin_view(&state, &t)))
+}
+
+/// Delete the webhook token of trigger `uuid` after a failed activation (logged, not answered:
+/// the activation's own error is).
+async fn drop_token(state: &Shared, uuid: &str) {
+    let title = store::token_title(uuid);
+    let deleted = state
+        .registry
+        .db
+        .write(move |tx| tokens::delete_by_title(tx, &title))
+        .await;
+    if let Err(e) = deleted {
+        tracing::warn!(trigger = %uuid, error = %crate::manager::error_chain(&e),
+            "the webhook token of a failed activation could not be deleted");
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -272,7 +297,7 @@ async fn toggle(
     let req: ToggleRequest = parse_json(&body)?;
     let t = load(&state, &name, &uuid).await?;
     if !t.is_active() {
-        return Err(TriggerApiError::NotActive { uuid });
+        return Err(TriggerApiError::Queue(QueueError::NotActive { uuid }));
     }
     let id = t.uuid.clone();
     let enabled = req.enabled;
@@ -300,14 +325,15 @@ async fn delete(
     let name = repo_name(&ns, &repo).map_err(super::BuildApiError::from)?;
     authorize(&state, Some(caller), &name, Role::Admin).await?;
     let t = load(&state, &name, &uuid).await?;
-    let id = t.uuid.clone();
-    state.builds.write(move |tx| store::delete(tx, &id)).await?;
+    // The token first: if the row's deletion then fails, a retry finds the row and finishes.
     let title = store::token_title(&t.uuid);
     state
         .registry
         .db
         .write(move |tx| tokens::delete_by_title(tx, &title))
         .await?;
+    let id = t.uuid.clone();
+    state.builds.write(move |tx| store::delete(tx, &id)).await?;
     tracing::info!(trigger = %t.uuid, repository = %name, "build trigger deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -50,7 +50,7 @@ pub(crate) fn trigger_view(
         "service": t.service.as_str(),
         "is_active": t.is_active(),
         "build_source": source,
-        "repository_url": source.and_then(|s| trigger::push::repository_url(t.service, s)),
+        "repository_url": trigger::source::repository_url(t),
         "config": config,
         "can_invoke": admin,
         "enabled": t.enabled,

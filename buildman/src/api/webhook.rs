@@ -1,12 +1,14 @@
 //! `POST /webhooks/push/trigger/{uuid}` (reference 5.2): a provider's push delivery builds.
 //!
 //! Checked in this order, each refusal queuing nothing and logged at info with the trigger id
-//! (never the token or the body): unknown trigger 404; no or wrong `Basic $token:<token>` 401
-//! (a valid token of anyone else 403; the token's owner must still have write on the repository,
-//! else 403); inactive or disabled 400; with a webhook secret, the provider's signature 403; a
-//! payload that does not parse 400. A push the payload or the trigger's config skips answers
-//! `200 "Okay"` with `X-Quarry-Skipped: <reason>`; a queued build `200 "Okay"` with
-//! `X-Quarry-Build: <build uuid>`.
+//! (never the token, the secret or the body): unknown trigger 404; no `Basic $token:<token>` or
+//! any token but this trigger's own (compared in constant time before any lookup) 401; the own
+//! token no longer valid in registry-core, or its owner without write on the repository, 403;
+//! inactive or disabled 400; with a webhook secret, the provider's signature 403; a payload that
+//! does not parse 400. A push the payload or the trigger's config skips answers `200 "Okay"` with
+//! `X-Quarry-Skipped: <reason>`; a queued build `200 "Okay"` with `X-Quarry-Build: <build uuid>`.
+//! The trigger is checked again (exists, active, enabled, same token) in the transaction that
+//! creates the build ([`push::queue`]).
 
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::response::{IntoResponse, Response};
@@ -20,14 +22,11 @@ use registry_core::accounts::tokens::{self, TOKEN_USER};
 use registry_core::names::RepoName;
 use subtle::ConstantTimeEq as _;
 use triggers::metadata::Push;
-use triggers::plan::Decision;
 use triggers::webhook::{self, Headers};
 
 use super::Shared;
 use super::trigger_error::TriggerApiError;
-use super::trigger_start::check_usable;
-use crate::model;
-use crate::trigger::push;
+use crate::trigger::push::{self, QueueRequest, Queued};
 use crate::trigger::store::{self, Trigger};
 
 /// Largest delivery accepted (GitHub caps its payloads at 25 MB, but a push with 20 commits is
@@ -55,8 +54,14 @@ async fn deliver(
         Ok(resp) => resp,
         Err(e) => {
             if !e.status().is_server_error() {
-                tracing::info!(trigger = %uuid, status = e.status().as_u16(),
-                    reason = %crate::manager::error_chain(&e), "webhook delivery refused");
+                // A payload error may quote the body (serde names the values it refuses): only
+                // its kind is logged; the sender gets the reason in the answer.
+                let reason = match &e {
+                    TriggerApiError::Payload(_) => e.to_string(),
+                    _ => crate::manager::error_chain(&e),
+                };
+                tracing::info!(trigger = %uuid, status = e.status().as_u16(), %reason,
+                    "webhook delivery refused");
             }
             e.into_response()
         }
@@ -96,8 +101,8 @@ async fn handle(
             repository: None,
         });
     };
-    authenticate(state, &t, headers).await?;
-    check_usable(&t)?;
+    let sealed_token = authenticate(state, &t, headers).await?;
+    push::check_usable(&t)?;
     let provider_headers = Headers::new(headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
     if let Some(sealed) = &t.secure_webhook_secret {
         let secret = state.secrets.open(sealed)?;
@@ -113,42 +118,51 @@ async fn handle(
             return Ok(okay(SKIPPED, &reason));
         }
     };
-    let config = push::stored_config(&t)?;
-    let tags = match triggers::plan::decide(&config, &metadata, false) {
-        Decision::Build { tags } => tags,
-        Decision::Skip(reason) => {
-            tracing::info!(trigger = %t.uuid, %reason, "webhook delivery skipped by the config");
-            return Ok(okay(SKIPPED, &reason));
-        }
-    };
-    let mut metadata = metadata;
-    metadata.commit = push::check_commit(&metadata.commit)?;
-    push::check_git_url(&metadata.git_url, state.settings.allow_local_git_sources)?;
-    let new = push::new_build(
-        &t,
-        &config,
-        &metadata,
-        tags,
-        None,
-        state.settings.max_retries,
-    );
-    let build = state
+    let id = t.uuid.clone();
+    let allow_local = state.settings.allow_local_git_sources;
+    let max_retries = state.settings.max_retries;
+    let queued = state
         .builds
-        .write(move |tx| model::create(tx, &new))
+        .write(move |tx| {
+            push::queue(
+                tx,
+                QueueRequest {
+                    uuid: &id,
+                    repository: None,
+                    sealed_token: Some(&sealed_token),
+                    metadata,
+                    manual_user: None,
+                    allow_local,
+                    max_retries,
+                },
+            )
+            .map_err(TriggerApiError::from)
+        })
         .await?;
-    state.control.wake();
-    tracing::info!(build_id = %build.uuid, trigger = %t.uuid, repository = %t.repository,
-        commit = %metadata.commit, "build queued by a webhook");
-    Ok(okay(BUILD, &build.uuid))
+    match queued {
+        Queued::Skipped(reason) => {
+            tracing::info!(trigger = %t.uuid, %reason, "webhook delivery skipped by the config");
+            Ok(okay(SKIPPED, &reason))
+        }
+        Queued::Build(build) => {
+            state.control.wake();
+            tracing::info!(build_id = %build.uuid, trigger = %t.uuid, repository = %t.repository,
+                "build queued by a webhook");
+            Ok(okay(BUILD, &build.uuid))
+        }
+    }
 }
 
-/// The delivery must carry this trigger's own token (compared in constant time), and its owner
-/// must still have write on the repository.
+/// The delivery must carry this trigger's own token: anything else is 401, decided by a
+/// constant-time comparison with the opened `secure_webhook_token` before any lookup. The own
+/// token must still be valid in registry-core and its owner still have write on the repository
+/// (else 403). Returns the sealed token, which must still be the trigger's when the build is
+/// created.
 async fn authenticate(
     state: &Shared,
     t: &Trigger,
     headers: &HeaderMap,
-) -> Result<(), TriggerApiError> {
+) -> Result<Vec<u8>, TriggerApiError> {
     let Presented::Basic { username, secret } = credentials::from_headers(headers) else {
         return Err(TriggerApiError::WebhookUnauthenticated);
     };
@@ -160,35 +174,26 @@ async fn authenticate(
         return Err(TriggerApiError::WebhookUnauthenticated);
     };
     let own = state.secrets.open(sealed)?;
-    let matches = bool::from(own.as_slice().ct_eq(secret.as_bytes()));
+    if !bool::from(own.as_slice().ct_eq(secret.as_bytes())) {
+        return Err(TriggerApiError::WebhookUnauthenticated);
+    }
     let su = state.registry.config.super_users.clone();
-    let repository: RepoName =
-        t.repository
-            .parse()
-            .map_err(|_| TriggerApiError::OwnerLacksWrite {
-                user: t.connected_user.clone(),
-                repository: t.repository.clone(),
-            })?;
+    let lacks_write = |user: String| TriggerApiError::OwnerLacksWrite {
+        user,
+        repository: t.repository.clone(),
+    };
+    let repository: RepoName = t
+        .repository
+        .parse()
+        .map_err(|_| lacks_write(t.connected_user.clone()))?;
     let uuid = t.uuid.clone();
-    let user = t.connected_user.clone();
     state
         .registry
         .db
         .read(move |c| {
             let Some(checked) = tokens::check(c, &secret)? else {
-                // Unknown, expired, or its owner deleted or disabled.
-                return Ok(Err(if matches {
-                    TriggerApiError::OwnerLacksWrite {
-                        user,
-                        repository: repository.to_string(),
-                    }
-                } else {
-                    TriggerApiError::WebhookUnauthenticated
-                }));
+                return Ok(Err(TriggerApiError::TokenRevoked { uuid }));
             };
-            if !matches {
-                return Ok(Err(TriggerApiError::ForeignToken { uuid }));
-            }
             let principal = Principal {
                 account: checked.account,
                 via: CredentialKind::AccessToken,
@@ -202,5 +207,6 @@ async fn authenticate(
             }
             Ok::<_, TriggerApiError>(Ok(()))
         })
-        .await?
+        .await??;
+    Ok(sealed.clone())
 }

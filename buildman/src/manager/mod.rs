@@ -159,8 +159,8 @@ pub enum ManagerError {
         #[source]
         source: crate::secrets::SecretError,
     },
-    /// The trigger row could not be read.
-    #[error("build {uuid}: its build trigger {trigger} could not be read")]
+    /// The trigger row could not be read (permanent when it does not parse).
+    #[error("build {uuid} cannot fetch its source: its build trigger {trigger} could not be read")]
     TriggerRow {
         /// The build.
         uuid: String,
@@ -199,7 +199,14 @@ impl ManagerError {
                 | ManagerError::NoPushUser { .. }
                 | ManagerError::NoPullRobot { .. }
                 | ManagerError::PackageUrl(_)
-        )
+        ) || self.is_unreadable_trigger()
+    }
+
+    /// A trigger row that does not parse (unknown service, config not JSON) stays so: permanent.
+    /// A database error reading it may pass, and is retried like any other.
+    fn is_unreadable_trigger(&self) -> bool {
+        matches!(self, ManagerError::TriggerRow { source, .. }
+            if !matches!(**source, crate::trigger::StoreError::Db(_)))
     }
 }
 

@@ -71,8 +71,12 @@ pub enum NotificationConfigError {
     /// The in-app target does not exist or is malformed.
     #[error(transparent)]
     InApp(#[from] inapp::InAppTargetError),
-    /// `ref-regex` does not compile.
-    #[error("eventConfig.ref-regex {pattern:?} is not a valid regular expression")]
+    /// `ref-regex` does not compile. The syntax is Rust's `regex` crate, not Python's `re`:
+    /// no lookaround, no backreferences (matching stays linear in time); the message says so.
+    #[error(
+        "eventConfig.ref-regex {pattern:?} is not a valid regular expression (Rust regex syntax: \
+         no lookaround or backreferences)"
+    )]
     RefRegex {
         /// The pattern.
         pattern: String,
@@ -80,6 +84,9 @@ pub enum NotificationConfigError {
         #[source]
         source: regex::Error,
     },
+    /// `ref-regex` is neither a string nor null.
+    #[error("eventConfig.ref-regex must be a string (a regular expression) or null, not {0}")]
+    RefRegexType(&'static str),
     /// `ref-regex` on an event without a git ref.
     #[error("eventConfig.ref-regex applies to build events only, not {event}")]
     RefRegexEvent {
@@ -88,7 +95,9 @@ pub enum NotificationConfigError {
     },
 }
 
-/// The regex a `ref-regex` becomes: Python's `re.match`, anchored at the start only.
+/// The regex a `ref-regex` becomes: Python's `re.match`, anchored at the start only. The syntax
+/// is Rust's `regex` (no lookaround or backreferences), which Quay's Python patterns mostly
+/// share; a pattern using the missing features is refused at creation with a 400 saying so.
 pub fn ref_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
     regex::Regex::new(&format!("^(?:{pattern})"))
 }
@@ -162,8 +171,22 @@ pub fn check(
             inapp::target(&method_config)?;
         }
     }
-    if let Some(pattern) = event_config.get("ref-regex") {
-        let pattern = pattern.as_str().unwrap_or_default();
+    // An empty or null `ref-regex` is no filter, for every event (Quay's UI sends "" when the
+    // field is left empty).
+    let pattern = match event_config.get("ref-regex") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(p)) if p.is_empty() => None,
+        Some(Value::String(p)) => Some(p.as_str()),
+        Some(other) => {
+            return Err(NotificationConfigError::RefRegexType(match other {
+                Value::Bool(_) => "a boolean",
+                Value::Number(_) => "a number",
+                Value::Array(_) => "an array",
+                _ => "an object",
+            }));
+        }
+    };
+    if let Some(pattern) = pattern {
         if BuildEvent::from_name(&req.event).is_none() {
             return Err(NotificationConfigError::RefRegexEvent {
                 event: req.event.clone(),
@@ -266,6 +289,24 @@ mod tests {
                 ),
                 "build events only",
             ),
+            (
+                req(
+                    "build_start",
+                    "webhook",
+                    hook.clone(),
+                    json!({"ref-regex": 5}),
+                ),
+                "must be a string",
+            ),
+            (
+                req(
+                    "build_start",
+                    "webhook",
+                    hook.clone(),
+                    json!({"ref-regex": "refs/heads/(?!main)"}),
+                ),
+                "no lookaround or backreferences",
+            ),
         ];
         for (r, want) in cases {
             let err = check(&r, &c, &urls(), "acme/app").unwrap_err();
@@ -299,6 +340,17 @@ mod tests {
             json!({}),
         );
         assert!(check(&bad, &mail, &urls(), "acme/app").is_err());
+        // Empty or null ref-regex: no filter, on repo_push too.
+        for empty in [json!({"ref-regex": ""}), json!({"ref-regex": null})] {
+            let r = req(
+                "repo_push",
+                "webhook",
+                json!({"url": "https://h.example/x"}),
+                empty.clone(),
+            );
+            assert!(check(&r, &c, &urls(), "acme/app").is_ok(), "{empty}");
+            assert!(ref_matches(&empty, &json!({})));
+        }
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! The delivery worker: takes due `notification_delivery` rows and performs them, a few at a
-//! time. Success deletes the row and resets the notification's failure count; a failure counts
-//! on the notification and retries after `retry_base * 2^attempts` (attempts before this one), up
-//! to [`MAX_ATTEMPTS`]; at [`model::MAX_FAILURES`] failures in a row the notification stops and
-//! its pending deliveries are dropped. A row is only changed after its attempt ends, so a
-//! delivery cut short by a shutdown is made again after the restart.
+//! The delivery worker: claims due `notification_delivery` rows and performs them, a few at a
+//! time, at most one per notification (oldest first, so a target sees queued, start, success in
+//! order). Success deletes the row and resets the notification's failure count; a failure counts
+//! once on the notification and retries after `retry_base * 2^attempts` (attempts before this
+//! one), up to [`MAX_ATTEMPTS`]; at [`model::MAX_FAILURES`] failures in a row the notification
+//! stops and its pending deliveries are dropped. Claiming leases a row for the send timeout plus
+//! [`LEASE_MARGIN`], so two processes never send the same delivery; a delivery cut short by a
+//! shutdown or crash is made again once its lease ends.
 
 use std::time::Duration;
 
@@ -18,6 +20,9 @@ use crate::db::BuildDbError;
 pub const MAX_ATTEMPTS: i64 = 5;
 /// Deliveries performed concurrently in one round.
 const BATCH: u32 = 16;
+/// How much longer than the send timeout a claimed delivery stays leased (mail sending and the
+/// database writes after the attempt).
+pub const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
 /// The wait before retrying a delivery that has failed `attempts` times before this failure.
 pub fn backoff(retry_base: Duration, attempts: i64) -> Duration {
@@ -43,16 +48,18 @@ async fn deliver_one(ctx: &Ctx, retry_base: Duration, d: Delivery) -> Result<boo
              (reset it to send again)");
         return Ok(false);
     }
-    let result = methods::perform(ctx, n, &d.event, &d.payload).await;
+    let result = methods::perform(ctx, &d).await;
     let ok = result.is_ok();
     match result {
-        Ok(()) => {
+        Ok(done) => {
             tracing::info!(notification = %n.uuid, repository = %n.repository, event = %d.event,
                 method = %n.method, "notification delivered");
-            let d2 = d.clone();
-            ctx.builds
-                .write(move |tx| model::delivered(tx, &d2))
-                .await?;
+            if done == methods::Done::Sent {
+                let d2 = d.clone();
+                ctx.builds
+                    .write(move |tx| model::delivered(tx, &d2))
+                    .await?;
+            }
         }
         Err(e) => {
             let error = registry_core::error::error_chain(&e);
@@ -81,11 +88,13 @@ async fn deliver_one(ctx: &Ctx, retry_base: Duration, d: Delivery) -> Result<boo
     Ok(ok)
 }
 
-/// One round: perform every due delivery (up to a batch). Returns how many were attempted.
+/// One round: claim the due deliveries (up to a batch, one per notification) and perform them.
+/// Returns how many were attempted.
 pub async fn round(ctx: &Ctx, retry_base: Duration) -> Result<usize, BuildDbError> {
+    let lease = ms(ctx.config.send_timeout.saturating_add(LEASE_MARGIN));
     let due = ctx
         .builds
-        .read(|conn| model::due(conn, now_ms(), BATCH))
+        .write(move |tx| model::claim(tx, now_ms(), lease, BATCH))
         .await?;
     let n = due.len();
     let results = join_all(due.into_iter().map(|d| deliver_one(ctx, retry_base, d))).await;

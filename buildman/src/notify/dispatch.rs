@@ -38,20 +38,69 @@ fn outcome(event: BuildEvent, phase: Phase) -> Option<BuildOutcome> {
     }
 }
 
+/// The id of the oldest `build_event` row, if any.
+pub fn next_event(conn: &Connection) -> Result<Option<i64>, BuildDbError> {
+    Ok(conn
+        .query_row("SELECT MIN(id) FROM build_event", [], |r| r.get(0))
+        .optional()?
+        .flatten())
+}
+
+/// Delete the event `event_id` (a poison event, after its handling failed). Returns whether it
+/// was there.
+pub fn drop_event(tx: &Connection, event_id: i64) -> Result<bool, BuildDbError> {
+    Ok(tx.execute("DELETE FROM build_event WHERE id = ?1", params![event_id])? == 1)
+}
+
+/// Whether a failure of handling an event may pass (the database busy, out of space, I/O): the
+/// event is tried again. Anything else (a row that does not parse, a constraint) would fail the
+/// same way forever, so the event is dropped rather than stalling the outbox.
+pub fn is_transient(e: &BuildDbError) -> bool {
+    use registry_core::db::DbError;
+    use rusqlite::ErrorCode as C;
+    match e {
+        BuildDbError::Db(DbError::Join(_) | DbError::Open { .. }) => true,
+        BuildDbError::Db(DbError::Sqlite(rusqlite::Error::SqliteFailure(f, _))) => matches!(
+            f.code,
+            C::DatabaseBusy
+                | C::DatabaseLocked
+                | C::SystemIoFailure
+                | C::DiskFull
+                | C::OutOfMemory
+                | C::CannotOpen
+                | C::ReadOnly
+        ),
+        _ => false,
+    }
+}
+
 /// Handle the oldest `build_event` row, if any, in the caller's transaction.
 pub fn dispatch_one(
     tx: &Connection,
     urls: &Urls,
     limits: TriggerLimits,
 ) -> Result<Option<Dispatched>, BuildDbError> {
-    let row: Option<(i64, String, String, Option<String>)> = tx
+    match next_event(tx)? {
+        Some(id) => dispatch_event(tx, id, urls, limits),
+        None => Ok(None),
+    }
+}
+
+/// Handle the `build_event` row `event_id` in the caller's transaction (`None`: it is gone).
+pub fn dispatch_event(
+    tx: &Connection,
+    event_id: i64,
+    urls: &Urls,
+    limits: TriggerLimits,
+) -> Result<Option<Dispatched>, BuildDbError> {
+    let row: Option<(String, String, Option<String>)> = tx
         .query_row(
-            "SELECT id, build_uuid, event, message FROM build_event ORDER BY id LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            "SELECT build_uuid, event, message FROM build_event WHERE id = ?1",
+            params![event_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?;
-    let Some((event_id, build_uuid, name, message)) = row else {
+    let Some((build_uuid, name, message)) = row else {
         return Ok(None);
     };
     tx.execute("DELETE FROM build_event WHERE id = ?1", params![event_id])?;

@@ -7,6 +7,11 @@ use serde_json::Value;
 
 use crate::db::BuildDbError;
 
+/// Dismissed notifications older than this are deleted (30 days).
+pub const DISMISSED_KEEP_MS: i64 = 30 * 24 * 3600 * 1000;
+/// At most this many notifications are kept per user.
+pub const MAX_PER_USER: u32 = 1000;
+
 /// One in-app notification of a user.
 #[derive(Clone, Debug, PartialEq)]
 pub struct UserNotification {
@@ -85,11 +90,82 @@ pub fn set_dismissed(
     Ok(n == 1)
 }
 
+/// The retention: delete dismissed notifications created before `now_ms - dismissed_keep_ms`,
+/// then keep at most `max_per_user` rows per user, deleting the oldest dismissed ones first,
+/// then the oldest. Returns the rows deleted.
+pub fn prune(
+    conn: &Connection,
+    now_ms: i64,
+    dismissed_keep_ms: i64,
+    max_per_user: u32,
+) -> Result<usize, BuildDbError> {
+    let old = conn.execute(
+        "DELETE FROM user_notification WHERE dismissed != 0 AND created_at < ?1",
+        params![now_ms.saturating_sub(dismissed_keep_ms)],
+    )?;
+    let over = conn.execute(
+        "DELETE FROM user_notification WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() \
+         OVER (PARTITION BY username ORDER BY dismissed != 0, created_at DESC, id DESC) AS n \
+         FROM user_notification) WHERE n > ?1)",
+        params![max_per_user],
+    )?;
+    Ok(old + over)
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn retention_drops_old_dismissed_rows_then_caps_each_user() {
+        let (_d, db) = crate::db::test_support::db();
+        db.write_blocking(|tx| {
+            let day = 24 * 3600 * 1000;
+            let now = 100 * day;
+            let put = |user: &str, age_days: i64, dismissed: bool, tag: &str| {
+                tx.execute(
+                    "INSERT INTO user_notification (uuid, username, kind, metadata, dismissed, \
+                     created_at) VALUES (?1, ?2, 'build_success', '{}', ?3, ?4)",
+                    params![tag, user, dismissed, now - age_days * day],
+                )
+            };
+            put("alice", 31, true, "old-dismissed")?;
+            put("alice", 31, false, "old-unread")?;
+            put("alice", 29, true, "recent-dismissed")?;
+            put("alice", 1, false, "new-unread")?;
+            put("alice", 40, false, "oldest-unread")?;
+            put("bob", 50, true, "bob-old-dismissed")?;
+            put("bob", 2, false, "bob-unread")?;
+            // 30 days: only alice's and bob's old dismissed rows go.
+            assert_eq!(prune(tx, now, DISMISSED_KEEP_MS, 10)?, 2);
+            let ids = |user: &str| -> Vec<String> {
+                let mut v: Vec<String> = list(tx, user, 50)
+                    .unwrap()
+                    .into_iter()
+                    .map(|n| n.uuid)
+                    .collect();
+                v.sort();
+                v
+            };
+            assert_eq!(
+                ids("alice"),
+                [
+                    "new-unread",
+                    "old-unread",
+                    "oldest-unread",
+                    "recent-dismissed"
+                ]
+            );
+            // Cap 2: the dismissed row goes first, then the oldest unread one.
+            assert_eq!(prune(tx, now, DISMISSED_KEEP_MS, 2)?, 2);
+            assert_eq!(ids("alice"), ["new-unread", "old-unread"]);
+            assert_eq!(ids("bob"), ["bob-unread"]);
+            Ok::<_, BuildDbError>(())
+        })
+        .unwrap();
+    }
 
     #[test]
     fn rows_per_user_and_dismissal_only_by_their_owner() {

@@ -25,7 +25,7 @@ pub mod target;
 pub mod template;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use registry_core::db::Db;
 use tokio::sync::watch;
@@ -102,20 +102,53 @@ pub enum NotifyError {
     Db(#[from] BuildDbError),
 }
 
-/// Dispatch every pending build event, then one round of registry pushes. Returns the number of
-/// events handled.
+/// Dispatch every pending build event, then one round of registry pushes (which runs whatever
+/// the outbox step returned). Returns the number of events handled.
+///
+/// An event whose handling fails for good (its build row does not parse, counting its trigger's
+/// outcome fails, ...) is a poison event: logged at error with its id and the cause, and deleted
+/// in a transaction of its own, so the events after it still go out. A transient failure (the
+/// database busy) ends the round; the event is tried again at the next one.
 pub async fn dispatch_pending(parts: &NotifyParts) -> Result<usize, BuildDbError> {
+    let outbox = dispatch_outbox(parts).await;
+    let urls = parts.settings.urls();
+    let pushes = push::poll(&parts.builds, &parts.registry, &urls).await;
+    match (outbox, pushes) {
+        (Ok(n), Ok(_)) => Ok(n),
+        (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+        (Err(e), Err(p)) => {
+            tracing::error!(error = %registry_core::error::error_chain(&p),
+                "reading registry pushes for notifications failed; retrying");
+            Err(e)
+        }
+    }
+}
+
+async fn dispatch_outbox(parts: &NotifyParts) -> Result<usize, BuildDbError> {
     let urls = parts.settings.urls();
     let limits = parts.settings.limits;
     let mut handled = 0;
-    loop {
+    while let Some(event_id) = parts.builds.read(dispatch::next_event).await? {
         let u = urls.clone();
-        let done = parts
+        let result = parts
             .builds
-            .write(move |tx| dispatch::dispatch_one(tx, &u, limits))
-            .await?;
-        let Some(done) = done else { break };
+            .write(move |tx| dispatch::dispatch_event(tx, event_id, &u, limits))
+            .await;
         handled += 1;
+        let done = match result {
+            Ok(Some(done)) => done,
+            Ok(None) => continue,
+            Err(e) if dispatch::is_transient(&e) => return Err(e),
+            Err(e) => {
+                tracing::error!(event_id, error = %registry_core::error::error_chain(&e),
+                    "dropped a build event whose notifications cannot be made");
+                parts
+                    .builds
+                    .write(move |tx| dispatch::drop_event(tx, event_id))
+                    .await?;
+                continue;
+            }
+        };
         tracing::debug!(build_id = %done.build_uuid, event = %done.event,
             deliveries = done.deliveries, "build event dispatched");
         if let Some((trigger, reason)) = done.disabled {
@@ -123,8 +156,45 @@ pub async fn dispatch_pending(parts: &NotifyParts) -> Result<usize, BuildDbError
                 reason = reason.as_str(), "build trigger disabled after successive failed builds");
         }
     }
-    push::poll(&parts.builds, &parts.registry, &urls).await?;
     Ok(handled)
+}
+
+/// How often the dispatcher prunes the in-app lists.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// When the in-app lists were last pruned: the dispatcher prunes at its first round, then at
+/// most once per [`PRUNE_EVERY`].
+#[derive(Debug, Default)]
+pub struct Pruner {
+    last: Option<Instant>,
+}
+
+impl Pruner {
+    /// Whether a prune is due at `now` (and if so, remember `now` as the last one).
+    pub fn due(&mut self, now: Instant) -> bool {
+        let due = self
+            .last
+            .is_none_or(|last| now.saturating_duration_since(last) >= PRUNE_EVERY);
+        if due {
+            self.last = Some(now);
+        }
+        due
+    }
+}
+
+/// Apply the in-app retention ([`inbox::prune`]) once. Returns the rows deleted.
+pub async fn prune_inbox(parts: &NotifyParts) -> Result<usize, BuildDbError> {
+    parts
+        .builds
+        .write(|tx| {
+            inbox::prune(
+                tx,
+                registry_core::db::now_ms(),
+                inbox::DISMISSED_KEEP_MS,
+                inbox::MAX_PER_USER,
+            )
+        })
+        .await
 }
 
 /// The methods' context for `parts`.
@@ -147,10 +217,19 @@ async fn wait(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
 }
 
 async fn dispatch_loop(parts: Arc<NotifyParts>, mut stop: watch::Receiver<bool>) {
+    let mut pruner = Pruner::default();
     loop {
         if let Err(e) = dispatch_pending(&parts).await {
             tracing::error!(error = %registry_core::error::error_chain(&e),
                 "dispatching notifications failed; retrying");
+        }
+        if pruner.due(Instant::now()) {
+            match prune_inbox(&parts).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "pruned in-app notifications"),
+                Err(e) => tracing::error!(error = %registry_core::error::error_chain(&e),
+                    "pruning in-app notifications failed; trying again in an hour"),
+            }
         }
         if wait(&mut stop, parts.settings.poll).await {
             return;
@@ -183,20 +262,32 @@ async fn delivery_loop(
     }
 }
 
-/// Start the dispatcher and the delivery worker; both end when `stop` becomes true.
+/// Start the dispatcher (with the push poller) and the delivery worker; both end when `stop`
+/// becomes true. They start independently: if the delivery context cannot be made (the HTTP
+/// client's TLS set-up), only delivery stops, with an error log; events are still dispatched,
+/// triggers still counted, and deliveries wait in the database.
 pub fn spawn(parts: NotifyParts, stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    let ctx = context(&parts);
+    spawn_with(parts, ctx, stop)
+}
+
+/// [`spawn`] with a given delivery context (or the error that prevented it).
+pub fn spawn_with(
+    parts: NotifyParts,
+    ctx: Result<methods::Ctx, NotifyError>,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let ctx = match context(&parts) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %registry_core::error::error_chain(&e),
-                    "notifications are not sent");
-                return;
-            }
-        };
         let parts = Arc::new(parts);
         let dispatcher = tokio::spawn(dispatch_loop(parts.clone(), stop.clone()));
-        let worker = tokio::spawn(delivery_loop(parts, ctx, stop));
+        let worker = tokio::spawn(async move {
+            match ctx {
+                Ok(ctx) => delivery_loop(parts, ctx, stop).await,
+                Err(e) => tracing::error!(error = %registry_core::error::error_chain(&e),
+                    "notifications are queued but not delivered until the server restarts \
+                     with a working HTTP client"),
+            }
+        });
         let (a, b) = tokio::join!(dispatcher, worker);
         for r in [a, b] {
             if let Err(e) = r {
@@ -209,6 +300,17 @@ pub fn spawn(parts: NotifyParts, stop: watch::Receiver<bool>) -> JoinHandle<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_inbox_is_pruned_at_the_first_round_then_hourly() {
+        let mut p = Pruner::default();
+        let t0 = Instant::now();
+        assert!(p.due(t0));
+        assert!(!p.due(t0 + Duration::from_secs(60)));
+        assert!(!p.due(t0 + PRUNE_EVERY - Duration::from_secs(1)));
+        assert!(p.due(t0 + PRUNE_EVERY));
+        assert!(!p.due(t0 + PRUNE_EVERY + Duration::from_secs(1)));
+    }
 
     #[test]
     fn default_sender_uses_the_host_without_port() {

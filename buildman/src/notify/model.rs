@@ -147,7 +147,9 @@ pub fn reset_failures(
     Ok(n == 1)
 }
 
-/// The notifications of `repository` for `event` that are not stopped by failures.
+/// The notifications of `repository` for `event` that are not stopped by failures. A row whose
+/// stored config or event config is not JSON (a hand-edited database) is skipped with an error
+/// log, so that it cannot keep the others from being notified.
 pub fn enabled_for(
     conn: &Connection,
     repository: &str,
@@ -157,8 +159,19 @@ pub fn enabled_for(
         "SELECT {COLUMNS} FROM repo_notification WHERE repository = ?1 AND event = ?2 \
          AND number_of_failures < ?3 ORDER BY id"
     ))?;
-    let rows = stmt.query_map(params![repository, event, MAX_FAILURES], from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let rows = stmt.query_map(params![repository, event, MAX_FAILURES], |r| {
+        Ok((r.get::<_, String>(0)?, from_row(r)))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (uuid, parsed) = row?;
+        match parsed {
+            Ok(n) => out.push(n),
+            Err(e) => tracing::error!(notification = %uuid, repository, event, error = %e,
+                "skipped a notification whose stored config does not parse"),
+        }
+    }
+    Ok(out)
 }
 
 /// A delivery still to make.
@@ -214,6 +227,67 @@ pub fn due(conn: &Connection, now_ms: i64, limit: u32) -> Result<Vec<Delivery>, 
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Claim the deliveries to make now, at most `limit`: for each notification only its oldest
+/// pending delivery (so a notification has at most one delivery in flight and its events reach
+/// the target in order), if it is due at `now_ms`. The claimed rows are leased: their
+/// `available_after` moves to `now_ms + lease_ms`, so another process (or a later round) does not
+/// send them too; the attempt's result replaces the lease, and a crash lets it expire. A claimed
+/// row whose stored payload or notification does not parse is deleted with an error log.
+pub fn claim(
+    conn: &Connection,
+    now_ms: i64,
+    lease_ms: i64,
+    limit: u32,
+) -> Result<Vec<Delivery>, BuildDbError> {
+    let cols = COLUMNS
+        .split(", ")
+        .map(|c| format!("n.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {cols}, d.id, d.attempts, d.event, d.payload FROM notification_delivery d \
+         JOIN repo_notification n ON n.uuid = d.notification_uuid \
+         WHERE d.available_after <= ?1 AND d.id = (SELECT MIN(o.id) FROM notification_delivery o \
+         WHERE o.notification_uuid = d.notification_uuid) \
+         ORDER BY d.available_after, d.id LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(params![now_ms, limit], |r| {
+        let id: i64 = r.get(8)?;
+        let parsed = (|| -> rusqlite::Result<Delivery> {
+            Ok(Delivery {
+                notification: from_row(r)?,
+                id,
+                attempts: r.get(9)?,
+                event: r.get(10)?,
+                payload: json_column(r, 11)?,
+            })
+        })();
+        Ok((id, parsed))
+    })?;
+    let rows: Vec<(i64, rusqlite::Result<Delivery>)> = rows.collect::<Result<_, _>>()?;
+    let until = now_ms.saturating_add(lease_ms);
+    let mut lease =
+        conn.prepare_cached("UPDATE notification_delivery SET available_after = ?1 WHERE id = ?2")?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (id, parsed) in rows {
+        match parsed {
+            Ok(d) => {
+                lease.execute(params![until, id])?;
+                out.push(d);
+            }
+            Err(e) => {
+                tracing::error!(delivery_id = id, error = %e,
+                    "dropped a notification delivery whose stored data does not parse");
+                conn.execute(
+                    "DELETE FROM notification_delivery WHERE id = ?1",
+                    params![id],
+                )?;
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A delivery succeeded: forget it and reset its notification's failure count.
@@ -346,6 +420,63 @@ mod tests {
             assert!(enabled_for(tx, "acme/app", "build_success")?.is_empty());
             assert!(reset_failures(tx, "acme/app", &n.uuid)?);
             assert_eq!(enabled_for(tx, "acme/app", "build_success")?.len(), 1);
+            Ok::<_, BuildDbError>(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn claims_take_the_oldest_delivery_per_notification_and_lease_it() {
+        let (_d, db) = crate::db::test_support::db();
+        db.write_blocking(|tx| {
+            let a = create(tx, &new("build_queued"))?;
+            let b = create(tx, &new("build_queued"))?;
+            for i in 0..3 {
+                queue(tx, &a.uuid, "build_queued", &json!({"a": i}))?;
+            }
+            queue(tx, &b.uuid, "build_queued", &json!({"b": 0}))?;
+            let now = now_ms();
+            let first = claim(tx, now, 60_000, 10)?;
+            let got: Vec<_> = first.iter().map(|d| d.payload.clone()).collect();
+            assert_eq!(got, vec![json!({"a": 0}), json!({"b": 0})]);
+            // Leased: nothing more of a or b until the lease ends or the attempt records.
+            assert!(claim(tx, now, 60_000, 10)?.is_empty());
+            let after: i64 = tx.query_row(
+                "SELECT available_after FROM notification_delivery WHERE id = ?1",
+                params![first[0].id],
+                |r| r.get(0),
+            )?;
+            assert_eq!(after, now + 60_000);
+            delivered(tx, &first[0])?;
+            let next = claim(tx, now, 60_000, 10)?;
+            assert_eq!(next.len(), 1);
+            assert_eq!(next[0].payload, json!({"a": 1}));
+            // A retry waiting keeps the later ones of the same notification back (order).
+            failed(tx, &next[0], "boom", 30_000, 5)?;
+            assert!(claim(tx, now_ms(), 60_000, 10)?.is_empty());
+            // A lease that expired (a crashed process) is claimed again.
+            assert_eq!(claim(tx, now + 120_000, 1, 10)?.len(), 2);
+            Ok::<_, BuildDbError>(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn unparsable_rows_are_skipped_not_fatal() {
+        let (_d, db) = crate::db::test_support::db();
+        db.write_blocking(|tx| {
+            let good = create(tx, &new("build_start"))?;
+            let bad = create(tx, &new("build_start"))?;
+            tx.execute(
+                "UPDATE repo_notification SET config = 'not json' WHERE uuid = ?1",
+                params![bad.uuid],
+            )?;
+            let found = enabled_for(tx, "acme/app", "build_start")?;
+            assert_eq!(found, vec![good.clone()]);
+            queue(tx, &good.uuid, "build_start", &json!({}))?;
+            tx.execute("UPDATE notification_delivery SET payload = '{'", [])?;
+            assert!(claim(tx, now_ms(), 1000, 10)?.is_empty());
+            assert!(due(tx, i64::MAX, 10)?.is_empty(), "the bad row is dropped");
             Ok::<_, BuildDbError>(())
         })
         .unwrap();

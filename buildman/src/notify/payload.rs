@@ -6,6 +6,38 @@ use serde_json::{Map, Value, json};
 use crate::events::BuildEvent;
 use crate::model::Build;
 
+/// The most bytes of free text (an error message, a commit message) a payload carries.
+pub const MAX_TEXT: usize = 4096;
+/// What ends a text cut to [`MAX_TEXT`].
+pub const TRUNCATED: &str = "... [truncated]";
+
+/// `text` cut to at most [`MAX_TEXT`] bytes on a char boundary, ending in [`TRUNCATED`] when
+/// cut: each delivery, in-app row and retry stores its payload, so a megabyte commit message
+/// must not be copied into all of them.
+pub fn truncate_text(text: &str) -> String {
+    if text.len() <= MAX_TEXT {
+        return text.to_owned();
+    }
+    let mut end = MAX_TEXT - TRUNCATED.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{TRUNCATED}", &text[..end])
+}
+
+/// `trigger_metadata` with its commit message cut to [`MAX_TEXT`].
+fn cut_commit_message(mut metadata: Value) -> Value {
+    if let Some(message) = metadata
+        .get_mut("commit_info")
+        .and_then(|c| c.get_mut("message"))
+        && let Some(text) = message.as_str()
+        && text.len() > MAX_TEXT
+    {
+        *message = Value::String(truncate_text(text));
+    }
+    metadata
+}
+
 /// Where the payload's links point.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Urls {
@@ -62,7 +94,7 @@ pub fn build_event_data(
     let trigger_metadata = if job.trigger_metadata.is_null() {
         json!({})
     } else {
-        job.trigger_metadata.clone()
+        cut_commit_message(job.trigger_metadata.clone())
     };
     m.insert("build_id".into(), json!(build.uuid));
     m.insert("docker_tags".into(), json!(job.docker_tags));
@@ -104,7 +136,7 @@ pub fn build_event_data(
         }
         BuildEvent::Failure => {
             if let Some(error) = message.or(build.error.as_deref()) {
-                m.insert("error_message".into(), json!(error));
+                m.insert("error_message".into(), json!(truncate_text(error)));
             }
         }
         _ => {}
@@ -121,15 +153,26 @@ pub fn repo_push_data(urls: &Urls, repository: &str, tags: &[String]) -> Value {
 
 /// Sample data of `event` for `repository` (the `test` call), shaped as the real event.
 pub fn sample(urls: &Urls, repository: &str, event: &str) -> Value {
-    const SAMPLE_BUILD: &str = "00000000-0000-4000-8000-000000000000";
-    const SAMPLE_COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
     if event == "repo_push" {
         return repo_push_data(urls, repository, &["latest".to_owned()]);
     }
     let Some(event) = BuildEvent::from_name(event) else {
         return Value::Object(repository_data(urls, repository, None));
     };
-    let build = Build {
+    build_event_data(
+        urls,
+        &sample_build(repository),
+        event,
+        Some("custom-git"),
+        None,
+    )
+}
+
+/// The build of the samples.
+fn sample_build(repository: &str) -> Build {
+    const SAMPLE_BUILD: &str = "00000000-0000-4000-8000-000000000000";
+    const SAMPLE_COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+    Build {
         id: 0,
         uuid: SAMPLE_BUILD.to_owned(),
         repository: repository.to_owned(),
@@ -156,8 +199,7 @@ pub fn sample(urls: &Urls, repository: &str, event: &str) -> Value {
         started_ms: 0,
         updated_ms: 0,
         completed_ms: None,
-    };
-    build_event_data(urls, &build, event, Some("custom-git"), None)
+    }
 }
 
 /// `trigger_metadata.ref` of build event data, if any.
@@ -219,6 +261,34 @@ mod tests {
                    "homepage": "https://quarry.example/repository/acme/app",
                    "updated_tags": ["latest"]})
         );
+    }
+
+    #[test]
+    fn long_error_and_commit_messages_are_cut_on_a_char_boundary() {
+        assert_eq!(truncate_text("short"), "short");
+        let exact = "a".repeat(MAX_TEXT);
+        assert_eq!(truncate_text(&exact), exact);
+        // 'é' is two bytes: the cut must not split one.
+        let long = "é".repeat(MAX_TEXT);
+        let cut = truncate_text(&long);
+        assert!(cut.len() <= MAX_TEXT, "{}", cut.len());
+        assert!(cut.ends_with(TRUNCATED));
+        assert!(cut.len() > MAX_TEXT - TRUNCATED.len() - 2);
+
+        let mut b = sample_build("acme/app");
+        b.error = Some("x".repeat(100_000));
+        b.job_config.trigger_metadata["commit_info"]["message"] = json!("m".repeat(100_000));
+        let v = build_event_data(&urls(), &b, BuildEvent::Failure, None, None);
+        let error = v["error_message"].as_str().unwrap();
+        assert_eq!(error.len(), MAX_TEXT);
+        assert!(error.ends_with(TRUNCATED));
+        let message = v["trigger_metadata"]["commit_info"]["message"]
+            .as_str()
+            .unwrap();
+        assert_eq!(message.len(), MAX_TEXT);
+        assert!(message.ends_with(TRUNCATED));
+        let v = build_event_data(&urls(), &b, BuildEvent::Failure, None, Some("short"));
+        assert_eq!(v["error_message"], "short");
     }
 
     #[test]

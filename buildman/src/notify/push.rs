@@ -2,7 +2,9 @@
 //! this module reads the rows after the id kept in `buildman_state` (`repo_push_cursor`) and
 //! queues deliveries for the pushed repositories' `repo_push` notifications. At the first start
 //! the cursor is set to the newest row, so pushes made before notifications existed are not
-//! replayed. A push with no tag (by digest) updates no tag and is not announced.
+//! replayed. A push with no tag (by digest) updates no tag and is not announced. A cursor above
+//! registry-core's newest event (rows deleted, or its database replaced by a restore) would
+//! silence every push until the ids caught up: it is reset to the newest event, with a warning.
 
 use registry_core::db::Db;
 use rusqlite::{Connection, OptionalExtension as _, params};
@@ -48,19 +50,20 @@ fn set_cursor(conn: &Connection, id: i64) -> Result<(), BuildDbError> {
     Ok(())
 }
 
+fn newest_event(conn: &Connection) -> Result<i64, BuildDbError> {
+    Ok(
+        conn.query_row("SELECT COALESCE(MAX(id), 0) FROM repo_event", [], |r| {
+            r.get(0)
+        })?,
+    )
+}
+
 /// Set the cursor to registry-core's newest event unless it is set already. Returns the cursor.
 pub async fn init_cursor(builds: &Db, registry: &Db) -> Result<i64, BuildDbError> {
     if let Some(c) = builds.read(cursor).await? {
         return Ok(c);
     }
-    let newest: i64 = registry
-        .read(|conn| {
-            conn.query_row("SELECT COALESCE(MAX(id), 0) FROM repo_event", [], |r| {
-                r.get(0)
-            })
-            .map_err(BuildDbError::from)
-        })
-        .await?;
+    let newest: i64 = registry.read(newest_event).await?;
     builds
         .write(move |tx| match cursor(tx)? {
             Some(c) => Ok(c),
@@ -125,9 +128,30 @@ fn read_events(
 /// same transaction. Returns the number of deliveries queued.
 pub async fn poll(builds: &Db, registry: &Db, urls: &Urls) -> Result<usize, BuildDbError> {
     let after = init_cursor(builds, registry).await?;
-    let (pushes, last) = registry
-        .read(move |conn| read_events(conn, after, BATCH))
+    let (pushes, last, newest) = registry
+        .read(move |conn| {
+            let newest = newest_event(conn)?;
+            let (pushes, last) = read_events(conn, after, BATCH)?;
+            Ok::<_, BuildDbError>((pushes, last, newest))
+        })
         .await?;
+    if after > newest {
+        tracing::warn!(
+            cursor = after,
+            newest,
+            "the repo_push cursor is past registry-core's newest event (events deleted or the \
+             database replaced); restarting from the newest event"
+        );
+        builds
+            .write(move |tx| {
+                if cursor(tx)? == Some(after) {
+                    set_cursor(tx, newest)?;
+                }
+                Ok::<_, BuildDbError>(())
+            })
+            .await?;
+        return Ok(0);
+    }
     let Some(last) = last else {
         return Ok(0);
     };

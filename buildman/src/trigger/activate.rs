@@ -1,12 +1,14 @@
 //! The config of `POST .../trigger/{uuid}/activate`: Quay's keys checked with
 //! [`triggers::plan::check`], `build_source` checked for the service, and Quarry's
-//! `webhook_secret` taken out to be sealed apart.
+//! `webhook_secret` taken out to be sealed apart. Provider triggers may name Quarry's
+//! `clone_url` (where their builds clone from; default `git@<provider>:<build_source>.git`).
 
 use serde_json::{Map, Value};
 use triggers::plan;
 use triggers::webhook::Service;
 
 use super::push::{self, PushError};
+use super::source;
 
 /// Shortest webhook secret accepted.
 pub const MIN_SECRET_LEN: usize = 16;
@@ -31,9 +33,25 @@ pub enum ActivateError {
         "config webhook_secret is invalid: expected a string of at least {MIN_SECRET_LEN} characters"
     )]
     WebhookSecret,
-    /// A key has the wrong JSON type.
+    /// A known key has the wrong JSON type.
+    #[error("config {key}: expected {expected}, got {got}")]
+    KeyType {
+        /// The key.
+        key: &'static str,
+        /// What it must be.
+        expected: &'static str,
+        /// The value sent, shortened.
+        got: String,
+    },
+    /// The config does not deserialise (after the key type checks, not expected).
     #[error("config is invalid")]
     Types(#[source] serde_json::Error),
+    /// `clone_url` on a custom-git trigger, whose `build_source` is the clone URL.
+    #[error(
+        "config clone_url is for github, gitlab and bitbucket triggers: a custom-git trigger \
+         clones its build_source"
+    )]
+    CloneUrlNotAllowed,
     /// A key's value is refused by the checks of the triggers crate.
     #[error("config is invalid")]
     Check(#[source] plan::ConfigError),
@@ -61,6 +79,50 @@ impl std::fmt::Debug for CheckedActivation {
     }
 }
 
+/// The JSON type each known key must have.
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    OptStr,
+    Bool,
+    StrList,
+}
+
+const KEY_KINDS: [(&str, Kind); 8] = [
+    ("build_source", Kind::Str),
+    ("clone_url", Kind::OptStr),
+    ("dockerfile_path", Kind::Str),
+    ("context", Kind::Str),
+    ("branchtag_regex", Kind::OptStr),
+    ("default_tag_from_ref", Kind::Bool),
+    ("latest_for_default_branch", Kind::Bool),
+    ("tag_templates", Kind::StrList),
+];
+
+/// Refuse a known key of the wrong JSON type, naming it (serde's message would not).
+fn check_types(map: &Map<String, Value>) -> Result<(), ActivateError> {
+    for (key, kind) in KEY_KINDS {
+        let Some(v) = map.get(key) else { continue };
+        let (ok, expected) = match kind {
+            Kind::Str => (v.is_string(), "a string"),
+            Kind::OptStr => (v.is_string() || v.is_null(), "a string or null"),
+            Kind::Bool => (v.is_boolean(), "true or false"),
+            Kind::StrList => (
+                v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+                "a list of strings",
+            ),
+        };
+        if !ok {
+            let mut got = v.to_string();
+            if got.chars().count() > 40 {
+                got = got.chars().take(40).chain("...".chars()).collect();
+            }
+            return Err(ActivateError::KeyType { key, expected, got });
+        }
+    }
+    Ok(())
+}
+
 /// Check `config` for a trigger of `service`.
 pub fn check(
     service: Service,
@@ -81,12 +143,23 @@ pub fn check(
     if map.get("build_source").is_none_or(Value::is_null) {
         return Err(ActivateError::NoBuildSource);
     }
+    check_types(&map)?;
+    let clone_url = match map.remove("clone_url") {
+        Some(Value::String(u)) if !u.trim().is_empty() => Some(u.trim().to_owned()),
+        _ => None,
+    };
+    if let Some(url) = &clone_url {
+        if service == Service::CustomGit {
+            return Err(ActivateError::CloneUrlNotAllowed);
+        }
+        source::check_git_url(url, allow_local)?;
+    }
     let parsed = push::parse_config(&map).map_err(ActivateError::Types)?;
     let source = parsed.build_source.trim().to_owned();
     if source.is_empty() {
         return Err(ActivateError::NoBuildSource);
     }
-    push::check_build_source(service, &source, allow_local)?;
+    source::check_build_source(service, &source, allow_local)?;
     let checked = plan::check(&parsed).map_err(ActivateError::Check)?;
     // Store the normalised values (paths with their leading '/'), over what was sent.
     if let Value::Object(normal) =
@@ -95,6 +168,9 @@ pub fn check(
         map.extend(normal);
     }
     map.insert("build_source".to_owned(), Value::String(source));
+    if let Some(url) = clone_url {
+        map.insert("clone_url".to_owned(), Value::String(url));
+    }
     Ok(CheckedActivation {
         stored: map,
         webhook_secret,
@@ -141,5 +217,55 @@ mod tests {
         assert!(err(Service::Github, json!({"build_source": "acme"})).contains("owner/name"));
         let regex = json!({"build_source": "acme/app", "branchtag_regex": "("});
         assert!(err(Service::Github, regex).contains("branchtag_regex"));
+    }
+
+    #[test]
+    fn type_errors_name_the_key() {
+        let e = err(Service::CustomGit, json!({"build_source": 5}));
+        assert_eq!(e, "config build_source: expected a string, got 5");
+        let e = err(
+            Service::Github,
+            json!({"build_source": "a/b", "tag_templates": "x"}),
+        );
+        assert!(
+            e.starts_with("config tag_templates: expected a list"),
+            "{e}"
+        );
+        let e = err(
+            Service::Github,
+            json!({"build_source": "a/b", "default_tag_from_ref": "yes"}),
+        );
+        assert!(e.starts_with("config default_tag_from_ref:"), "{e}");
+    }
+
+    #[test]
+    fn clone_urls_are_checked_like_custom_git_sources() {
+        let c = check(
+            Service::Github,
+            Some(json!({"build_source": "a/b", "clone_url": " git@ghe.corp:a/b.git "})),
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.stored["clone_url"], "git@ghe.corp:a/b.git");
+        let cases = [
+            (
+                Service::Github,
+                "https://u:tok@ghe.corp/a/b.git",
+                "deploy key",
+            ),
+            (Service::Gitlab, "http://gitlab.corp/a/b.git", "is invalid"),
+            (Service::Bitbucket, "/srv/a.git", "local git sources"),
+            (Service::CustomGit, "git@h:a.git", "custom-git"),
+        ];
+        for (service, url, needle) in cases {
+            let e = err(service, json!({"build_source": "a/b", "clone_url": url}));
+            assert!(e.contains(needle), "{url}: {e}");
+            assert!(!e.contains("tok@"), "{e}");
+        }
+        let e = err(
+            Service::CustomGit,
+            json!({"build_source": "https://me:pw@h/a.git"}),
+        );
+        assert!(e.contains("carries a password") && !e.contains("pw"), "{e}");
     }
 }

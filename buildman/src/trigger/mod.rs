@@ -3,8 +3,10 @@
 
 pub mod activate;
 pub mod deploy_key;
+pub mod git_url;
 pub mod outcome;
 pub mod push;
+pub mod source;
 pub mod store;
 
 pub use outcome::{BuildOutcome, DisabledReason, TriggerLimits, record_outcome};

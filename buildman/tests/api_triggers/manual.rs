@@ -36,17 +36,19 @@ async fn a_manual_start_queues_the_commit_with_the_triggers_config() {
     .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.json);
 
+    // Repository admins only (Quay's rule; `can_invoke`): carol has write, bob read.
     for (user, status) in [
+        (Some("carol"), StatusCode::FORBIDDEN),
         (Some("bob"), StatusCode::FORBIDDEN),
         (None, StatusCode::UNAUTHORIZED),
     ] {
         let r = start(&f, &uuid, user, json!({"commit_sha": SHA})).await;
-        assert_eq!(r.status, status);
+        assert_eq!(r.status, status, "{user:?}: {:?}", r.json);
     }
     let r = start(
         &f,
         &uuid,
-        Some("carol"),
+        Some("alice"),
         json!({"refs": {"kind": "branch", "name": "main"}}),
     )
     .await;
@@ -57,18 +59,27 @@ async fn a_manual_start_queues_the_commit_with_the_triggers_config() {
         "{}",
         r.message()
     );
-    for bad in [
-        json!({"commit_sha": "89abcde"}),
-        json!({"commit_sha": SHA, "sha": SHA}),
+    for (bad, needle) in [
+        (json!({"commit_sha": "89abcde"}), "40-character"),
+        (json!({"commit_sha": SHA, "sha": SHA}), "sha"),
+        (
+            json!({"commit_sha": SHA, "refs": {"kind": "tag", "name": " "}}),
+            "refs.name is empty",
+        ),
+        (
+            json!({"commit_sha": SHA, "branch_name": ""}),
+            "branch_name is empty",
+        ),
     ] {
-        let r = start(&f, &uuid, Some("carol"), bad.clone()).await;
+        let r = start(&f, &uuid, Some("alice"), bad.clone()).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(r.message().contains(needle), "{bad}: {}", r.message());
     }
     assert_eq!(counts(&f).await, (0, 0), "refusals queue nothing");
 
     let body =
         json!({"commit_sha": SHA.to_uppercase(), "refs": {"kind": "branch", "name": "main"}});
-    let r = start(&f, &uuid, Some("carol"), body).await;
+    let r = start(&f, &uuid, Some("alice"), body).await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
     let id = r.json["id"].as_str().unwrap().to_owned();
     assert_eq!(
@@ -77,15 +88,17 @@ async fn a_manual_start_queues_the_commit_with_the_triggers_config() {
     );
     assert_eq!(f.wakes(), 1);
     let v = &r.json;
-    assert_eq!(v["manual_user"], "carol");
+    assert_eq!(v["manual_user"], "alice");
     assert_eq!(v["tags"], json!(["main"]));
     assert_eq!(v["display_name"], &SHA[..7]);
     assert_eq!(v["trigger"]["id"], uuid.as_str());
     assert_eq!(v["trigger"]["service"], "custom-git");
     assert_eq!(v["trigger"]["build_source"], SRC);
     assert!(v["trigger"].get("pull_robot").is_none(), "for_build view");
+    let status = format!("/api/v1/repository/acme/app/build/{id}");
+    let as_carol = f.call("GET", &status, Some("carol"), None).await;
     assert_eq!(
-        v["trigger"]["config"],
+        as_carol.json["trigger"]["config"],
         json!({}),
         "carol does not administer"
     );
@@ -139,7 +152,7 @@ async fn a_manual_start_queues_the_commit_with_the_triggers_config() {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK);
-    let r = start(&f, &uuid, Some("carol"), json!({"commit_sha": SHA})).await;
+    let r = start(&f, &uuid, Some("alice"), json!({"commit_sha": SHA})).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(
         r.message().contains("disabled (user_toggled)"),
@@ -175,6 +188,16 @@ async fn provider_triggers_start_from_their_ssh_url_and_local_sources_are_refuse
         "git@gitlab.com:group/sub/app.git"
     );
     assert_eq!(b.job_config.docker_tags, ["dev"]);
+
+    // A configured clone_url is where manual starts clone from too.
+    let gh = create(&f, "github").await;
+    let clone = "git@ghe.corp:acme/app.git";
+    let config = json!({"config": {"build_source": "acme/app", "clone_url": clone}});
+    assert_eq!(activate(&f, &gh, config).await.status, StatusCode::OK);
+    let r = start(&f, &gh, Some("alice"), json!({"commit_sha": SHA})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.json);
+    let b = build(&f, r.json["id"].as_str().unwrap()).await;
+    assert_eq!(b.job_config.git.unwrap().url, clone);
 
     // A local source activated while allowed is refused once the install forbids it.
     let f2 = Fixture::new().await;

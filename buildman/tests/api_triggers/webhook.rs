@@ -7,8 +7,8 @@ use registry_core::accounts::{self, AccountError};
 use serde_json::json;
 
 use crate::helpers::{
-    SECRET, activate, active, build, counts, create, deliver, fixture, signed, trigger_path,
-    webhook_token,
+    SECRET, activate, active, build, counts, create, deliver, fixture, hub_signature, signed,
+    trigger_path, webhook_token,
 };
 use crate::support::{Fixture, Reply};
 
@@ -64,12 +64,17 @@ async fn refusals_follow_the_status_table_and_queue_nothing() {
     );
     let r = deliver(&f, &gh, Some("not-a-token"), &headers, body.clone()).await;
     assert_refused(&r, StatusCode::UNAUTHORIZED, "token");
-    let r = deliver(&f, &gh, Some(&other_token), &headers, body.clone()).await;
-    assert_refused(&r, StatusCode::FORBIDDEN, &format!("not trigger {gh}'s"));
-    // A user's own valid token is not the trigger's either.
+    // Another trigger's token and a user's own valid token are not this trigger's: 401, as any
+    // other wrong secret (decided before any token lookup).
     let alice = f.auth("alice").strip_prefix("Bearer ").unwrap().to_owned();
-    let r = deliver(&f, &gh, Some(&alice), &headers, body.clone()).await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    for wrong in [&other_token, &alice] {
+        let r = deliver(&f, &gh, Some(wrong), &headers, body.clone()).await;
+        assert_refused(&r, StatusCode::UNAUTHORIZED, "the trigger's token");
+        assert_eq!(
+            header(&r, "www-authenticate"),
+            Some("Basic realm=\"quarry\"")
+        );
+    }
 
     // Signatures: wrong secret, none at all.
     let (bad, _) = signed("github", "github/push-branch", "another-secret-0123456789");
@@ -158,7 +163,8 @@ async fn a_github_push_queues_the_build_the_config_describes() {
     let git = b.job_config.git.clone().unwrap();
     assert_eq!(
         (git.url.as_str(), git.sha.as_str()),
-        ("git@github.com:lanternworks/kiln.git", KILN_SHA)
+        ("git@github.com:LanternWorks/Kiln.git", KILN_SHA),
+        "the clone URL is the trigger's build_source on GitHub"
     );
     assert_eq!(b.display_name, &KILN_SHA[..7]);
     assert_eq!(b.job_config.trigger_metadata["commit"], KILN_SHA);
@@ -216,7 +222,7 @@ async fn gitlab_bitbucket_and_custom_git_check_their_own_signatures() {
             "harbourmasters/tidewater-api",
             "gitlab/push-branch",
             "X-Gitlab-Token",
-            "git@gitlab.example.org:harbourmasters/tidewater-api.git",
+            "git@gitlab.com:harbourmasters/tidewater-api.git",
         ),
         (
             "bitbucket",
@@ -300,4 +306,74 @@ async fn a_token_whose_owner_lost_write_is_refused() {
     let r = deliver(&f, &uuid, Some(&token), &h, b).await;
     assert_refused(&r, StatusCode::FORBIDDEN, "no longer has write access");
     assert_eq!(counts(&f).await, (0, 0));
+}
+
+#[tokio::test]
+async fn the_clone_url_is_the_triggers_never_the_payloads() {
+    let f = Fixture::new().await;
+    let configured = "ssh://git@git.internal.example:2222/lanternworks/kiln.git";
+    let config = json!({"build_source": KILN, "clone_url": configured});
+    let (uuid, token) = active(&f, "github", config).await;
+    let (mut headers, body) = fixture("github/push-branch");
+    // The payload points elsewhere: another host, a loopback service, a URL with a password.
+    for ssh_url in [
+        "git@evil.example:lanternworks/kiln.git",
+        "ssh://127.0.0.1:6379/x",
+        "https://user:s3cret@evil.example/kiln.git",
+    ] {
+        let mut payload: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        payload["repository"]["ssh_url"] = json!(ssh_url);
+        payload["repository"]["clone_url"] = json!(ssh_url);
+        let body = serde_json::to_vec(&payload).unwrap();
+        headers.retain(|(k, _)| !k.eq_ignore_ascii_case("x-hub-signature-256"));
+        headers.push(("X-Hub-Signature-256".into(), hub_signature(SECRET, &body)));
+        let id = assert_built(&deliver(&f, &uuid, Some(&token), &headers, body).await);
+        let b = build(&f, &id).await;
+        assert_eq!(b.job_config.git.unwrap().url, configured, "{ssh_url}");
+        let metadata = b.job_config.trigger_metadata.to_string();
+        assert!(
+            !metadata.contains("evil") && !metadata.contains("s3cret"),
+            "{metadata}"
+        );
+    }
+    let r = f
+        .call("GET", &trigger_path(&uuid), Some("alice"), None)
+        .await;
+    assert_eq!(
+        r.json["repository_url"],
+        "https://git.internal.example/lanternworks/kiln"
+    );
+    assert_eq!(r.json["config"]["clone_url"], configured);
+}
+
+#[tokio::test]
+async fn a_deleted_trigger_or_token_is_refused() {
+    let f = Fixture::new().await;
+    let (gh, token) = active(&f, "github", json!({"build_source": KILN})).await;
+    let (headers, body) = signed("github", "github/push-branch", SECRET);
+
+    // The trigger's own token deleted in registry-core: 403, saying what to do.
+    let title = format!("Build Trigger: {gh}");
+    f.state
+        .registry
+        .db
+        .write(move |tx| registry_core::accounts::tokens::delete_by_title(tx, &title))
+        .await
+        .unwrap();
+    let r = deliver(&f, &gh, Some(&token), &headers, body.clone()).await;
+    assert_refused(&r, StatusCode::FORBIDDEN, "re-activate the trigger");
+    // A wrong token is still 401 first.
+    let r = deliver(&f, &gh, Some("guess"), &headers, body.clone()).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    // A deleted trigger with its old (then valid) token: 404.
+    let (gone, gone_token) = active(&f, "github", json!({"build_source": KILN})).await;
+    let r = f
+        .call("DELETE", &trigger_path(&gone), Some("alice"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = deliver(&f, &gone, Some(&gone_token), &headers, body).await;
+    assert_refused(&r, StatusCode::NOT_FOUND, &format!("no trigger {gone}"));
+    assert_eq!(counts(&f).await, (0, 0));
+    assert_eq!(f.wakes(), 0);
 }

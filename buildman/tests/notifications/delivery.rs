@@ -73,40 +73,64 @@ async fn failures_back_off_stop_the_notification_at_three_and_reset_restarts_it(
         .notification(json!({"event": "build_success", "method": "webhook",
                              "config": {"url": rx.url}}))
         .await;
-    let base = Duration::from_millis(300);
+    let base = Duration::from_secs(60);
     let parts = f.parts(base);
     let ctx = notify::context(&parts).unwrap();
     let test = format!("{LIST}{uuid}/test");
     let r = f.call("POST", &test, Some("alice"), None).await;
     assert_eq!((r.status, r.json.clone()), (StatusCode::OK, json!({})));
 
+    // The retry times are checked against the rows' `available_after`, bracketed by the clock
+    // before and after the round; instead of sleeping, a test makes the row due again.
     let schedule = || async {
         let d = pending_all(&f).await;
-        d.first()
-            .map(|(attempts, after, error)| (*attempts, *after - now_ms(), error.clone()))
+        d.first().cloned()
     };
+    let make_due = || async {
+        f.state
+            .builds
+            .write(|tx| {
+                tx.execute("UPDATE notification_delivery SET available_after = 0", [])
+                    .map_err(buildman::db::BuildDbError::from)
+            })
+            .await
+            .unwrap();
+    };
+    let base_ms = i64::try_from(base.as_millis()).unwrap();
+    let before = now_ms();
     assert_eq!(deliver::round(&ctx, base).await.unwrap(), 1);
+    let after = now_ms();
     assert_eq!((rx.count(), failures(&f, &uuid).await), (1, 1));
-    let (attempts, wait, error) = schedule().await.unwrap();
+    let (attempts, at, error) = schedule().await.unwrap();
     assert_eq!(attempts, 1);
     assert!(
-        (200..=300).contains(&wait),
-        "first retry after the base: {wait} ms"
+        (before + base_ms..=after + base_ms).contains(&at),
+        "first retry after the base: {at} not in {}..={}",
+        before + base_ms,
+        after + base_ms
     );
     assert!(error.unwrap().contains("answered 500"));
-    assert_eq!(deliver::round(&ctx, base).await.unwrap(), 0, "not due yet");
+    // Not due before `at` (the round's clock is before it unless the machine stalled for the
+    // whole base; the row says when).
+    if now_ms() < at {
+        assert_eq!(deliver::round(&ctx, base).await.unwrap(), 0, "not due yet");
+    }
 
-    tokio::time::sleep(base).await;
+    make_due().await;
+    let before = now_ms();
     assert_eq!(deliver::round(&ctx, base).await.unwrap(), 1);
+    let after = now_ms();
     assert_eq!((rx.count(), failures(&f, &uuid).await), (2, 2));
-    let (attempts, wait, _) = schedule().await.unwrap();
+    let (attempts, at, _) = schedule().await.unwrap();
     assert_eq!(attempts, 2);
     assert!(
-        (500..=600).contains(&wait),
-        "second retry after twice the base: {wait} ms"
+        (before + 2 * base_ms..=after + 2 * base_ms).contains(&at),
+        "second retry after twice the base: {at} not in {}..={}",
+        before + 2 * base_ms,
+        after + 2 * base_ms
     );
 
-    tokio::time::sleep(2 * base).await;
+    make_due().await;
     assert_eq!(deliver::round(&ctx, base).await.unwrap(), 1);
     assert_eq!((rx.count(), failures(&f, &uuid).await), (3, 3));
     assert!(
@@ -178,7 +202,7 @@ async fn a_receiver_that_hangs_times_out_and_counts_as_a_failure() {
 }
 
 #[tokio::test]
-async fn a_delivery_cut_short_by_a_shutdown_is_sent_after_the_restart() {
+async fn a_delivery_cut_short_by_a_shutdown_is_sent_after_its_lease_ends() {
     let f = Fixture::new(local).await;
     let rx = Receiver::start().await;
     rx.set(Mode::Hang);
@@ -198,12 +222,27 @@ async fn a_delivery_cut_short_by_a_shutdown_is_sent_after_the_restart() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(
-        pending_all(&f).await,
-        vec![(0, pending_all(&f).await[0].1, None)]
+    // The attempt was cut short: nothing recorded but the lease (send timeout 5 s + 30 s), which
+    // keeps another process from sending it meanwhile.
+    let rows = pending_all(&f).await;
+    assert_eq!(rows.len(), 1);
+    let (attempts, leased_until, error) = rows[0].clone();
+    assert_eq!((attempts, error), (0, None));
+    assert!(
+        leased_until > now_ms() + 20_000,
+        "leased until {leased_until}, now {}",
+        now_ms()
     );
     assert_eq!(failures(&f, &uuid).await, 0);
-
+    // The lease ends (simulated: rewound), and the next process sends it.
+    f.state
+        .builds
+        .write(|tx| {
+            tx.execute("UPDATE notification_delivery SET available_after = 0", [])
+                .map_err(buildman::db::BuildDbError::from)
+        })
+        .await
+        .unwrap();
     rx.set(Mode::Ok);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let second = notify::spawn(f.parts(Duration::from_secs(30)), stop_rx);
@@ -299,4 +338,27 @@ async fn email_goes_through_smtp_with_subject_and_summary() {
         mail.data
     );
     assert!(mail.data.contains("Tags: latest"), "{}", mail.data);
+}
+
+#[tokio::test]
+async fn one_delivery_per_notification_in_flight_so_failures_stop_at_three() {
+    let f = Fixture::new(local).await;
+    let rx = Receiver::start().await;
+    rx.set(Mode::Fail);
+    let uuid = f
+        .notification(json!({"event": "repo_push", "method": "webhook", "config": {"url": rx.url}}))
+        .await;
+    for _ in 0..5 {
+        f.call("POST", &format!("{LIST}{uuid}/test"), Some("alice"), None)
+            .await;
+    }
+    // No wait between retries: every round may attempt whatever is due.
+    let parts = f.parts(Duration::ZERO);
+    let ctx = notify::context(&parts).unwrap();
+    for _ in 0..10 {
+        deliver::round(&ctx, Duration::ZERO).await.unwrap();
+    }
+    assert_eq!(failures(&f, &uuid).await, 3);
+    assert_eq!(rx.count(), 3, "one attempt at a time, stopped at the third");
+    assert!(pending(&f).await.is_empty());
 }

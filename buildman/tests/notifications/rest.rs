@@ -6,6 +6,8 @@ use buildman::events::BuildEvent;
 use buildman::model::Phase;
 use buildman::notify::{self, deliver};
 use http::StatusCode;
+use registry_core::accounts::orgs::{self, TeamRole};
+use registry_core::accounts::permissions::{self, Role};
 use serde_json::{Value, json};
 
 use super::support::Fixture;
@@ -228,6 +230,16 @@ async fn rest_create_list_get_delete_reset_test_with_permissions() {
             json!({"event": "repo_push", "method": "webhook"}),
             "config.url is required",
         ),
+        (
+            json!({"event": "build_start", "method": "webhook", "config": hook("https://h.example"),
+                "eventConfig": {"ref-regex": 5}}),
+            "must be a string",
+        ),
+        (
+            json!({"event": "build_start", "method": "webhook", "config": hook("https://h.example"),
+                "eventConfig": {"ref-regex": "(?<=x)y"}}),
+            "no lookaround or backreferences",
+        ),
         (json!({"method": "webhook"}), "request body is invalid"),
     ] {
         let r = f.call("POST", LIST, Some("alice"), Some(bad.clone())).await;
@@ -238,4 +250,125 @@ async fn rest_create_list_get_delete_reset_test_with_permissions() {
         f.call("GET", LIST, Some("alice"), None).await.json["notifications"],
         json!([])
     );
+    // An empty ref-regex is no filter, on repo_push too.
+    let r = f
+        .call(
+            "POST",
+            LIST,
+            Some("alice"),
+            Some(json!({"event": "repo_push", "method": "webhook",
+                        "config": hook("https://h.example"), "eventConfig": {"ref-regex": ""}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
+}
+
+#[tokio::test]
+async fn the_in_app_list_refuses_repository_scoped_tokens() {
+    let f = Fixture::new(|_| {}).await;
+    const MINE: &str = "/api/v1/user/notifications";
+    let scoped = f.scoped_token("alice", Role::Admin).await;
+    let r = f.call_with_token("GET", MINE, &scoped, None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.json);
+    assert!(r.message().contains("scoped token"), "{}", r.message());
+    let r = f
+        .call_with_token(
+            "PUT",
+            &format!("{MINE}/x"),
+            &scoped,
+            Some(json!({"dismissed": true})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.json);
+    // The user's own token still works.
+    assert_eq!(
+        f.call("GET", MINE, Some("alice"), None).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn in_app_recipients_must_read_the_repository_at_creation_and_delivery() {
+    let f = Fixture::new(|_| {}).await;
+    // frank has no role on acme/app; team ops has him as a member.
+    f.state
+        .registry
+        .db
+        .write(|tx| {
+            let acme = registry_core::accounts::find(tx, "acme")?.unwrap();
+            let frank = registry_core::accounts::find(tx, "frank")?.unwrap();
+            let ops = orgs::create_team(tx, &acme, "ops", TeamRole::Member, "")?;
+            orgs::add_member(tx, &acme, &ops, &frank)
+        })
+        .await
+        .unwrap();
+    for (target, want) in [
+        (
+            json!({"kind": "user", "name": "frank"}),
+            "config.target user \"frank\" has no read access to repository \"acme/app\"",
+        ),
+        (
+            json!({"kind": "team", "name": "ops"}),
+            "config.target team \"ops\" (member \"frank\") has no read access",
+        ),
+    ] {
+        let r = f
+            .call(
+                "POST",
+                LIST,
+                Some("alice"),
+                Some(
+                    json!({"event": "build_start", "method": "quay_notification",
+                            "config": {"target": target}}),
+                ),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.json);
+        assert!(r.message().contains(want), "{}", r.message());
+    }
+
+    // carol (write) is accepted, then loses her role: the delivery skips her, writes nothing
+    // for her, and is done (not retried).
+    f.notification(
+        json!({"event": "build_start", "method": "quay_notification",
+                          "config": {"target": {"kind": "user", "name": "carol"}}}),
+    )
+    .await;
+    f.notification(
+        json!({"event": "build_start", "method": "quay_notification",
+                          "config": {"target": {"kind": "team", "name": "devs"}}}),
+    )
+    .await;
+    f.state
+        .registry
+        .db
+        .write(|tx| {
+            let carol = registry_core::accounts::find(tx, "carol")?.unwrap();
+            permissions::remove_for_account(tx, &"acme/app".parse().unwrap(), &carol)
+        })
+        .await
+        .unwrap();
+    let (_, b) = trigger_build(&f, "github").await;
+    change(&f, &b.uuid, Phase::Building, BuildEvent::Start, None).await;
+    let parts = f.parts(Duration::from_secs(30));
+    notify::dispatch_pending(&parts).await.unwrap();
+    let ctx = notify::context(&parts).unwrap();
+    assert_eq!(
+        deliver::round(&ctx, parts.settings.retry_base)
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(pending(&f).await.is_empty(), "{:?}", pending_all(&f).await);
+    const MINE: &str = "/api/v1/user/notifications";
+    let r = f.call("GET", MINE, Some("carol"), None).await;
+    assert_eq!(r.json["notifications"], json!([]));
+    for user in ["dave", "erin"] {
+        let r = f.call("GET", MINE, Some(user), None).await;
+        assert_eq!(
+            r.json["notifications"].as_array().unwrap().len(),
+            1,
+            "{user}"
+        );
+    }
 }

@@ -49,8 +49,9 @@ impl Reply {
 }
 
 /// Accounts: `alice` owns organisation `acme` (admin of `acme/app`); `bob` has read and `carol`
-/// write on `acme/app`; `dave` and `erin` are members of team `acme/devs`; `root` is superuser.
-/// Repositories `acme/app`, `acme/other` (private).
+/// write on `acme/app`; `dave` and `erin` are members of team `acme/devs`, which reads
+/// `acme/app`; `frank` has no role on it; `root` is superuser. Repositories `acme/app`,
+/// `acme/other` (private).
 pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
     pub(crate) state: ApiState,
@@ -81,6 +82,7 @@ impl Fixture {
                 let carol = user("carol")?;
                 let dave = user("dave")?;
                 let erin = user("erin")?;
+                user("frank")?;
                 user("root")?;
                 let acme = orgs::create(tx, "acme", None, &alice)?;
                 let devs = orgs::create_team(tx, &acme, "devs", TeamRole::Member, "")?;
@@ -91,6 +93,7 @@ impl Fixture {
                 repositories::create(tx, &"acme/other".parse().unwrap(), Visibility::Private, "")?;
                 permissions::set_for_account(tx, &app, &bob, Role::Read)?;
                 permissions::set_for_account(tx, &app, &carol, Role::Write)?;
+                permissions::set_for_team(tx, &app, &devs, Role::Read)?;
                 Ok::<_, AccountError>(out)
             })
             .await
@@ -144,6 +147,40 @@ impl Fixture {
         }
     }
 
+    /// A token of `user` scoped to `acme/app` with `role` (as a trigger's webhook token is).
+    pub(crate) async fn scoped_token(&self, user: &str, role: Role) -> String {
+        let user = user.to_owned();
+        self.state
+            .registry
+            .db
+            .write(move |tx| {
+                let account = registry_core::accounts::find(tx, &user)?.unwrap();
+                let scope = tokens::TokenScope {
+                    repository: Some("acme/app".parse().unwrap()),
+                    max_role: role,
+                    expires_at_ms: None,
+                };
+                tokens::create_scoped(tx, &account, "scoped", &scope)
+            })
+            .await
+            .unwrap()
+    }
+
+    /// A request with `Authorization: Bearer <token>`.
+    pub(crate) async fn call_with_token(
+        &self,
+        method: &str,
+        uri: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> Reply {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        self.send(req, body).await
+    }
+
     pub(crate) fn token(&self, user: &str) -> String {
         self.tokens
             .iter()
@@ -167,6 +204,10 @@ impl Fixture {
                 format!("Bearer {}", self.token(u)),
             );
         }
+        self.send(req, body).await
+    }
+
+    async fn send(&self, req: http::request::Builder, body: Option<Value>) -> Reply {
         let body = body.map_or(Body::empty(), |v| Body::from(v.to_string()));
         let resp = buildman::api::routes(self.state.clone())
             .oneshot(req.body(body).unwrap())

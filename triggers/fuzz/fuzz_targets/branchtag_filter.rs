@@ -1,5 +1,5 @@
-//! `branchtag_regex`: compiling any pattern and matching any ref never panics; a push without a
-//! ref never passes; a literal filter of a ref's own subject (`heads/x`) lets exactly that ref in.
+//! `branchtag_regex`: compiling any pattern and matching any ref never panics; a literal filter of
+//! a ref's own subject (`heads/x`) lets exactly that ref in; text that is not a ref never passes.
 //!
 //! Input: the pattern, a newline, then the ref.
 #![no_main]
@@ -15,7 +15,6 @@ fuzz_target!(|data: &[u8]| {
     let (pattern, git_ref) = text.split_once('\n').unwrap_or((text, ""));
     if let Ok(filter) = BranchTagFilter::new(pattern) {
         let _ = filter.allows(Some(git_ref));
-        assert!(!filter.allows(None));
     }
     if let Some(parsed) = ParsedRef::parse(git_ref) {
         let literal = BranchTagFilter::new(&regex::escape(&parsed.filter_subject()))

@@ -2,14 +2,11 @@
 //! an escaped tag changes nothing.
 #![no_main]
 
-use std::sync::LazyLock;
+mod common;
 
+use common::TAG;
 use libfuzzer_sys::fuzz_target;
-use regex::Regex;
 use triggers::tags::escape_tag;
-
-static TAG: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,126}$").expect("valid regex"));
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -5,6 +5,9 @@
 //! whose string fields are that text.
 #![no_main]
 
+mod common;
+
+use common::TAG;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
 use triggers::tags::escape_tag;
@@ -28,6 +31,6 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Some(raw) = rendered {
         let tag = escape_tag(&raw);
-        assert!(!tag.is_empty() && tag.len() <= 127, "{tag:?}");
+        assert!(TAG.is_match(&tag), "{raw:?} -> {tag:?}");
     }
 });

@@ -13,7 +13,9 @@ use crate::notify::target::{GuardedResolver, check_url};
 use crate::notify::template;
 
 /// The client deliveries use: the send timeout, no redirects (a redirect could lead to a target
-/// the rules refuse), and the resolver that refuses local addresses.
+/// the rules refuse), no proxy (`HTTP_PROXY` and friends are ignored: through a proxy the
+/// target's name would be resolved by the proxy, never by the guarded resolver), and the
+/// resolver that refuses local and blacklisted addresses.
 pub fn client(config: &NotificationConfig) -> Result<reqwest::Client, reqwest::Error> {
     // rustls needs a process-wide crypto provider; an error means one is installed already.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -21,6 +23,7 @@ pub fn client(config: &NotificationConfig) -> Result<reqwest::Client, reqwest::E
         .timeout(config.send_timeout)
         .connect_timeout(config.send_timeout)
         .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
         .dns_resolver(Arc::<GuardedResolver>::clone(&GuardedResolver::new(config)))
         .user_agent(concat!("quarry-notifications/", env!("CARGO_PKG_VERSION")))
         .build()

@@ -1,16 +1,21 @@
 //! `quay_notification`: in-app notifications for the users of `config.target`
 //! (`{"kind": "user"|"team"|"org", "name"}`): a user; the members of a team of the repository's
 //! organisation; or the organisation's administrators (members of its admin-role teams, the
-//! `owners` team among them). Robots never receive any.
+//! `owners` team among them). Robots never receive any. Every recipient must be able to read
+//! the repository: checked at creation (400) and again at each delivery, where recipients who
+//! lost read are skipped. Superuser powers do not count here: a superuser receives a
+//! repository's notifications only with a role on it, like everyone else.
 
 use registry_core::accounts::orgs::{self, TeamRole};
+use registry_core::accounts::permissions::{self, Role};
 use registry_core::accounts::{self, AccountError, AccountKind};
+use registry_core::names::{NameError, RepoName};
 use rusqlite::Connection;
 use serde_json::Value;
 
 use super::{Ctx, MethodError};
 use crate::notify::inbox;
-use crate::notify::model::Notification;
+use crate::notify::model::{self, Delivery};
 
 /// Why a `target` is refused.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +50,20 @@ pub enum InAppTargetError {
         /// The repository's namespace.
         namespace: String,
     },
+    /// A recipient cannot read the repository.
+    #[error(
+        "config.target {who} has no read access to repository {repository:?}: grant read on \
+         the repository first"
+    )]
+    NoAccess {
+        /// `user "name"` or `team "name" (member "user")`.
+        who: String,
+        /// The repository.
+        repository: String,
+    },
+    /// The notification's repository name is invalid (a hand-edited row).
+    #[error(transparent)]
+    Repository(#[from] NameError),
     /// Reading accounts failed.
     #[error("reading accounts failed")]
     Accounts(#[from] AccountError),
@@ -137,29 +156,78 @@ pub fn recipients(
     }
 }
 
-/// Write one in-app notification of `event` per recipient.
-pub async fn deliver(
-    ctx: &Ctx,
-    notification: &Notification,
-    event: &str,
-    data: &Value,
-) -> Result<(), MethodError> {
-    let namespace = notification
+/// Split `users` into those with at least read on `repo` and those without (superuser powers
+/// not counted; an account gone meanwhile has no access).
+pub fn split_readers(
+    conn: &Connection,
+    repo: &RepoName,
+    users: Vec<String>,
+) -> Result<(Vec<String>, Vec<String>), InAppTargetError> {
+    let (mut readers, mut others) = (Vec::new(), Vec::new());
+    for name in users {
+        let role = match accounts::find(conn, &name)? {
+            Some(account) => permissions::repo_role(conn, Some(&account), &[], repo)?,
+            None => Role::None,
+        };
+        if role >= Role::Read {
+            readers.push(name);
+        } else {
+            others.push(name);
+        }
+    }
+    Ok((readers, others))
+}
+
+/// The creation check: `target` exists and every recipient can read `repo`.
+pub fn check_recipients(
+    conn: &Connection,
+    repo: &RepoName,
+    target: Target<'_>,
+) -> Result<(), InAppTargetError> {
+    let users = recipients(conn, repo.namespace(), target)?;
+    let (_, lacking) = split_readers(conn, repo, users)?;
+    let Some(user) = lacking.first() else {
+        return Ok(());
+    };
+    let who = match target {
+        Target::User(name) => format!("user {name:?}"),
+        Target::Team(name) => format!("team {name:?} (member {user:?})"),
+        Target::Org(name) => format!("organisation {name:?} (administrator {user:?})"),
+    };
+    Err(InAppTargetError::NoAccess {
+        who,
+        repository: repo.to_string(),
+    })
+}
+
+/// Write one in-app notification of the delivery's event per recipient who can still read the
+/// repository, and record the delivery as made, in one transaction.
+pub async fn deliver(ctx: &Ctx, delivery: &Delivery) -> Result<(), MethodError> {
+    let n = &delivery.notification;
+    let repo: RepoName = n
         .repository
-        .split_once('/')
-        .map_or(notification.repository.as_str(), |(ns, _)| ns)
-        .to_owned();
-    let config = notification.config.clone();
-    let who = ctx
+        .parse()
+        .map_err(|e: NameError| MethodError::InApp(e.into()))?;
+    let config = n.config.clone();
+    let r2 = repo.clone();
+    let (who, lost) = ctx
         .registry
         .read(move |conn| {
             let t = target(&config)?;
-            recipients(conn, &namespace, t).map_err(MethodError::from)
+            let users = recipients(conn, r2.namespace(), t)?;
+            split_readers(conn, &r2, users).map_err(MethodError::from)
         })
         .await?;
-    let (kind, metadata) = (event.to_owned(), data.clone());
+    for user in &lost {
+        tracing::info!(notification = %n.uuid, repository = %repo, user = %user,
+            "in-app notification not written: the user can no longer read the repository");
+    }
+    let d = delivery.clone();
     ctx.builds
-        .write(move |tx| inbox::add(tx, &who, &kind, &metadata).map_err(MethodError::from))
+        .write(move |tx| {
+            inbox::add(tx, &who, &d.event, &d.payload)?;
+            model::delivered(tx, &d).map_err(MethodError::from)
+        })
         .await
 }
 
@@ -203,6 +271,36 @@ mod tests {
                 assert!(err.contains(want), "{t}: {err}");
             }
             assert!(target(&json!({"target": {"kind": "robot", "name": "x"}})).is_err());
+            // Read access: the org admin and team members of a private repository without a
+            // team permission lack it; carol gets it by a direct permission.
+            let app: RepoName = "acme/app".parse().unwrap();
+            registry_core::accounts::repositories::create(
+                tx,
+                &app,
+                registry_core::repos::Visibility::Private,
+                "",
+            )?;
+            let check = |v: Value| {
+                check_recipients(tx, &app, target(&json!({ "target": v })).unwrap())
+                    .map_err(|e| e.to_string())
+            };
+            check(json!({"kind": "org", "name": "acme"})).unwrap();
+            let err = check(json!({"kind": "user", "name": "carol"})).unwrap_err();
+            assert!(err.contains("user \"carol\" has no read access"), "{err}");
+            let err = check(json!({"kind": "team", "name": "devs"})).unwrap_err();
+            assert!(err.contains("team \"devs\" (member \"bob\")"), "{err}");
+            let carol = accounts::find(tx, "carol")?.unwrap();
+            permissions::set_for_account(tx, &app, &carol, Role::Read)?;
+            check(json!({"kind": "user", "name": "carol"})).unwrap();
+            let (readers, others) =
+                split_readers(tx, &app, vec!["carol".into(), "bob".into(), "gone".into()]).unwrap();
+            assert_eq!(
+                (readers, others),
+                (
+                    vec!["carol".to_owned()],
+                    vec!["bob".to_owned(), "gone".to_owned()]
+                )
+            );
             assert!(target(&json!({})).is_err());
             Ok::<_, AccountError>(())
         })

@@ -10,7 +10,7 @@ use std::str::FromStr;
 use registry_core::db::Db;
 use serde_json::Value;
 
-use super::model::Notification;
+use super::model::Delivery;
 use super::target::TargetError;
 use super::template::TemplateError;
 use crate::config::NotificationConfig;
@@ -151,18 +151,26 @@ impl From<registry_core::db::DbError> for MethodError {
     }
 }
 
-/// Perform one delivery of `notification` for `event` with `data`.
-pub async fn perform(
-    ctx: &Ctx,
-    notification: &Notification,
-    event: &str,
-    data: &Value,
-) -> Result<(), MethodError> {
+/// What a successful delivery left to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Done {
+    /// Sent: the caller records the success.
+    Sent,
+    /// Sent and recorded in the same transaction as its effect (in-app rows).
+    Recorded,
+}
+
+/// Perform one delivery.
+pub async fn perform(ctx: &Ctx, delivery: &Delivery) -> Result<Done, MethodError> {
+    let (notification, event, data) = (&delivery.notification, &delivery.event, &delivery.payload);
+    let sent = |r: Result<(), MethodError>| r.map(|()| Done::Sent);
     match notification.method.parse::<Method>() {
-        Ok(Method::Webhook) => http::webhook(ctx, &notification.config, data).await,
-        Ok(Method::Slack) => http::slack(ctx, &notification.config, event, data).await,
-        Ok(Method::Email) => email::send(ctx, &notification.config, event, data).await,
-        Ok(Method::QuayNotification) => inapp::deliver(ctx, notification, event, data).await,
+        Ok(Method::Webhook) => sent(http::webhook(ctx, &notification.config, data).await),
+        Ok(Method::Slack) => sent(http::slack(ctx, &notification.config, event, data).await),
+        Ok(Method::Email) => sent(email::send(ctx, &notification.config, event, data).await),
+        Ok(Method::QuayNotification) => {
+            inapp::deliver(ctx, delivery).await.map(|()| Done::Recorded)
+        }
         // Stored methods were checked at creation; a hand-edited row is reported, not retried
         // forever (it counts as a failure and stops at the third).
         Err(_) => Err(MethodError::MissingKey { key: "method" }),
