@@ -35,6 +35,10 @@ Exit status: 0 no crash; 1 a crash or a failed install, lock check or build; 2 a
 EOF
 }
 
+PROG='fuzz'
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 CARGO_FUZZ_VERSION=0.13.2
 ALL_TARGETS=(webhook_parse template branchtag_filter escape_tag plan_decide)
 
@@ -43,23 +47,17 @@ selected=()
 while (($# > 0)); do
     case "$1" in
         --seconds)
-            [[ $# -ge 2 && "$2" =~ ^[1-9][0-9]*$ ]] || {
-                echo "fuzz: --seconds needs a positive whole number" >&2
-                exit 2
-            }
+            [[ "${2-}" =~ ^[1-9][0-9]*$ ]] || usage_error "--seconds needs a positive whole number"
             SECONDS_PER_TARGET="$2"
             shift
             ;;
         --target)
-            [[ $# -ge 2 && " ${ALL_TARGETS[*]} " == *" $2 "* ]] || {
-                echo "fuzz: --target needs one of: ${ALL_TARGETS[*]}" >&2
-                exit 2
-            }
+            need_one_of --target "${2-}" "${ALL_TARGETS[@]}"
             selected+=("$2")
             shift
             ;;
         -h|--help) usage; exit 0 ;;
-        *) echo "fuzz: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+        *) unknown_argument "$1" ;;
     esac
     shift
 done

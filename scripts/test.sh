@@ -29,6 +29,10 @@ command may take, default 1800), and anything cargo test honours (RUST_TEST_THRE
 EOF
 }
 
+PROG='test'
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 ALL_TIERS=(lint unit fuzz integration heavy)
 declare -A TIER_LABEL=(
     [lint]="lint"
@@ -44,15 +48,12 @@ while (($# > 0)); do
     case "$1" in
         --no-install) INSTALL=0 ;;
         --tier)
-            [[ $# -ge 2 && -n "${TIER_LABEL[$2]+x}" ]] || {
-                echo "test: --tier needs one of: ${ALL_TIERS[*]}" >&2
-                exit 2
-            }
+            need_one_of --tier "${2-}" "${ALL_TIERS[@]}"
             selected+=("$2")
             shift
             ;;
         -h|--help) usage; exit 0 ;;
-        *) echo "test: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+        *) unknown_argument "$1" ;;
     esac
     shift
 done

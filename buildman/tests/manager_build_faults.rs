@@ -10,28 +10,14 @@ use std::time::Duration;
 
 use buildman::executor::StartJob;
 use buildman::model::{Build, NewBuild, Phase};
-use buildman_proto::BuildJobArgs;
-use manager_support::{FakeAgent, FakeExecutor, Harness, REPO, ROBOT, WAIT, fast_settings, script};
+
+use manager_support::{FakeExecutor, Harness, REPO, ROBOT, WAIT};
 use registry_core::accounts::{self, tokens, users};
 
 /// A manager whose workers only record their start job (the test registers for them), with a
 /// registration window far longer than the test: an expiry cannot end the build.
 async fn harness() -> (Harness, Arc<FakeExecutor>, Arc<Mutex<Vec<StartJob>>>) {
-    let jobs = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&jobs);
-    let exec = FakeExecutor::new(
-        "a",
-        0,
-        script(move |job, _| {
-            seen.lock().unwrap().push(job);
-            std::future::pending()
-        }),
-    );
-    let mut settings = fast_settings();
-    settings.registration_timeout = Duration::from_secs(60);
-    let mut h = Harness::new(settings, vec![Arc::clone(&exec)]).await;
-    h.run();
-    (h, exec, jobs)
+    manager_support::recording_harness(Duration::from_secs(60)).await
 }
 
 /// Submit a build edited by `edit`, register its worker, and return the build and the
@@ -41,23 +27,7 @@ async fn register(
     jobs: &Mutex<Vec<StartJob>>,
     edit: impl FnOnce(&mut NewBuild),
 ) -> (Build, Result<buildman_proto::BuildPack, tonic::Status>) {
-    let build = h.submit_with(REPO, edit).await;
-    let job = manager_support::wait_for("the worker start", WAIT, || async {
-        jobs.lock()
-            .unwrap()
-            .iter()
-            .find(|j| j.build_uuid == build.uuid)
-            .cloned()
-    })
-    .await;
-    let mut client = FakeAgent::client(h.addr).await;
-    let r = client
-        .register_build_job(BuildJobArgs {
-            register_jwt: job.registration_token,
-        })
-        .await
-        .map(tonic::Response::into_inner);
-    (build, r)
+    manager_support::submit_and_register(h, jobs, edit).await
 }
 
 /// The build ended as `error` with `reason` at once, was never retried, its worker was stopped

@@ -4,12 +4,11 @@
 
 mod manager_support;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use buildman::tokens::{BuildTokens, JobIdentity, TokenType};
 use buildman_proto::{BuildJobArgs, HeartbeatRequest, Phase as P, SetPhaseRequest};
-use manager_support::{FakeAgent, FakeExecutor, Harness, REPO, WAIT, fast_settings, script};
+use manager_support::{FakeAgent, REPO, WAIT};
 use tokio_stream::wrappers::ReceiverStream;
 
 const AUDIENCE: &str = "buildman.test:50051";
@@ -55,21 +54,8 @@ async fn heartbeat(
 
 #[tokio::test]
 async fn forged_stale_and_misused_tokens_are_refused() {
-    let jobs = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&jobs);
     // The worker records its start job and never calls in by itself.
-    let exec = FakeExecutor::new(
-        "a",
-        0,
-        script(move |job, _| {
-            seen.lock().unwrap().push(job);
-            std::future::pending()
-        }),
-    );
-    let mut settings = fast_settings();
-    settings.registration_timeout = Duration::from_secs(30);
-    let mut h = Harness::new(settings, vec![exec]).await;
-    h.run();
+    let (h, _exec, jobs) = manager_support::recording_harness(Duration::from_secs(30)).await;
     let build = h.submit(REPO).await;
     let job = manager_support::wait_for("the worker start", WAIT, || async {
         jobs.lock().unwrap().first().cloned()

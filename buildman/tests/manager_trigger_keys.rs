@@ -11,8 +11,8 @@ use buildman::executor::StartJob;
 use buildman::model::{Build, GitSource, NewBuild, Phase};
 use buildman::secrets::SecretBox;
 use buildman::trigger::store::{self, NewTrigger};
-use buildman_proto::{BuildJobArgs, BuildPackSource};
-use manager_support::{FakeAgent, FakeExecutor, Harness, REPO, WAIT, fast_settings, script};
+use buildman_proto::BuildPackSource;
+use manager_support::{FakeExecutor, Harness, REPO, WAIT};
 use triggers::webhook::Service;
 
 const PEM: &str =
@@ -20,21 +20,7 @@ const PEM: &str =
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 
 async fn harness() -> (Harness, Arc<FakeExecutor>, Arc<Mutex<Vec<StartJob>>>) {
-    let jobs = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&jobs);
-    let exec = FakeExecutor::new(
-        "a",
-        0,
-        script(move |job, _| {
-            seen.lock().unwrap().push(job);
-            std::future::pending()
-        }),
-    );
-    let mut settings = fast_settings();
-    settings.registration_timeout = Duration::from_secs(60);
-    let mut h = Harness::new(settings, vec![Arc::clone(&exec)]).await;
-    h.run();
-    (h, exec, jobs)
+    manager_support::recording_harness(Duration::from_secs(60)).await
 }
 
 /// A trigger of alice on `REPO` whose deploy key is `PEM`, sealed with the harness's key.
@@ -67,33 +53,36 @@ async fn register(
     trigger: &str,
 ) -> (Build, Result<buildman_proto::BuildPack, tonic::Status>) {
     let trigger = trigger.to_owned();
-    let build = h
-        .submit_with(REPO, move |b: &mut NewBuild| {
-            b.manual_user = None;
-            b.trigger_uuid = Some(trigger);
-            b.job_config.archive_url = None;
-            b.job_config.git = Some(GitSource {
-                url: "git@git.example:acme/app.git".into(),
-                sha: SHA.into(),
-            });
-        })
-        .await;
-    let job = manager_support::wait_for("the worker start", WAIT, || async {
-        jobs.lock()
-            .unwrap()
-            .iter()
-            .find(|j| j.build_uuid == build.uuid)
-            .cloned()
+    manager_support::submit_and_register(h, jobs, move |b: &mut NewBuild| {
+        b.manual_user = None;
+        b.trigger_uuid = Some(trigger);
+        b.job_config.archive_url = None;
+        b.job_config.git = Some(GitSource {
+            url: "git@git.example:acme/app.git".into(),
+            sha: SHA.into(),
+        });
     })
-    .await;
-    let mut client = FakeAgent::client(h.addr).await;
-    let r = client
-        .register_build_job(BuildJobArgs {
-            register_jwt: job.registration_token,
+    .await
+}
+
+/// Set `column` of the trigger `uuid`'s row to `value` behind the API's back.
+async fn set_column(
+    h: &Harness,
+    uuid: &str,
+    column: &'static str,
+    value: impl rusqlite::ToSql + Send + 'static,
+) {
+    let id = uuid.to_owned();
+    h.builds
+        .write(move |tx| {
+            tx.execute(
+                &format!("UPDATE build_trigger SET {column} = ?1 WHERE uuid = ?2"),
+                rusqlite::params![value, id],
+            )
+            .map_err(registry_core::db::DbError::from)
         })
         .await
-        .map(tonic::Response::into_inner);
-    (build, r)
+        .unwrap();
 }
 
 #[tokio::test]
@@ -186,17 +175,7 @@ async fn a_deploy_key_that_does_not_open_fails_the_build_for_good() {
     let foreign = SecretBox::from_material(b"another install's key")
         .seal(PEM.as_bytes())
         .unwrap();
-    let id = uuid.clone();
-    h.builds
-        .write(move |tx| {
-            tx.execute(
-                "UPDATE build_trigger SET secure_private_key = ?1 WHERE uuid = ?2",
-                rusqlite::params![foreign, id],
-            )
-            .map_err(registry_core::db::DbError::from)
-        })
-        .await
-        .unwrap();
+    set_column(&h, &uuid, "secure_private_key", foreign).await;
     let error = assert_permanent_error(
         &h,
         &exec,
@@ -213,17 +192,7 @@ async fn a_deploy_key_that_does_not_open_fails_the_build_for_good() {
 async fn a_trigger_row_that_does_not_parse_fails_the_build_for_good() {
     let (h, exec, jobs) = harness().await;
     let uuid = trigger(&h).await;
-    let id = uuid.clone();
-    h.builds
-        .write(move |tx| {
-            tx.execute(
-                "UPDATE build_trigger SET service = 'svn' WHERE uuid = ?1",
-                [id],
-            )
-            .map_err(registry_core::db::DbError::from)
-        })
-        .await
-        .unwrap();
+    set_column(&h, &uuid, "service", "svn").await;
     let error = assert_permanent_error(
         &h,
         &exec,

@@ -7,6 +7,8 @@
 mod delivery;
 #[path = "notifications/dispatcher.rs"]
 mod dispatcher;
+#[path = "notifications/driving.rs"]
+mod driving;
 #[path = "notifications/pushes.rs"]
 mod pushes;
 #[path = "notifications/rest.rs"]
@@ -20,7 +22,7 @@ use std::time::Duration;
 
 use buildman::events::{self, BuildEvent};
 use buildman::model::{self, Build, JobConfig, NewBuild, Phase};
-use buildman::notify::{self, model as nmodel};
+use buildman::notify::{self, delivery_rows};
 use serde_json::{Value, json};
 use support::{BASE, Fixture, HOST};
 
@@ -99,10 +101,10 @@ pub(crate) async fn change(
         .unwrap();
 }
 
-pub(crate) async fn pending(f: &Fixture) -> Vec<nmodel::Delivery> {
+pub(crate) async fn pending(f: &Fixture) -> Vec<delivery_rows::Delivery> {
     f.state
         .builds
-        .read(|c| nmodel::due(c, i64::MAX, 100))
+        .read(|c| delivery_rows::due(c, i64::MAX, 100))
         .await
         .unwrap()
 }
@@ -226,15 +228,7 @@ async fn build_event_payloads_have_quays_fields() {
         format!("{BASE}/repository/acme/app/build/{}", cancelled.uuid)
     );
     // Every event row is gone once dispatched.
-    let left: i64 = f
-        .state
-        .builds
-        .read(|c| {
-            c.query_row("SELECT COUNT(*) FROM build_event", [], |r| r.get(0))
-                .map_err(buildman::db::BuildDbError::from)
-        })
-        .await
-        .unwrap();
+    let left = event_rows(&f).await;
     assert_eq!(left, 0);
 }
 
@@ -367,4 +361,16 @@ async fn uuid_build_of(f: &Fixture, t: &str) -> String {
         .await
         .unwrap()
         .uuid
+}
+
+/// The build events not yet dispatched.
+pub(crate) async fn event_rows(f: &Fixture) -> i64 {
+    f.state
+        .builds
+        .read(|c| {
+            c.query_row("SELECT COUNT(*) FROM build_event", [], |r| r.get(0))
+                .map_err(buildman::db::BuildDbError::from)
+        })
+        .await
+        .unwrap()
 }

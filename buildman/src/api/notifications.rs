@@ -15,6 +15,7 @@ use registry_core::accounts::permissions::Role;
 use registry_core::api::common::{forbidden, repo_name};
 use registry_core::api::error::quay_error_response;
 use registry_core::names::RepoName;
+use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -22,11 +23,12 @@ use super::builds::authorize_to;
 use super::trigger_error::forward_to_build_api;
 use super::view::rfc2822_ms;
 use super::{BuildApiError, Caller, Shared, both, parse_json};
+use crate::db::BuildDbError;
 use crate::notify::check::{self, NotificationConfigError, NotificationRequest};
-use crate::notify::inbox;
 use crate::notify::methods::{Method, inapp};
 use crate::notify::model::{self, NewNotification, Notification};
 use crate::notify::payload::{self, Urls};
+use crate::notify::{delivery_rows, inbox};
 
 /// How many in-app notifications the list shows.
 const INBOX_LIMIT: u32 = 100;
@@ -213,6 +215,25 @@ async fn find(
         .ok_or(NotificationApiError::NoNotification { uuid, repository })
 }
 
+/// [`find`], then `change` (a `model` function of the repository and uuid) on that row in a write
+/// transaction. Returns the notification as found.
+async fn find_and_write(
+    state: &Shared,
+    caller: Principal,
+    ns: &str,
+    repo: &str,
+    uuid: String,
+    change: fn(&Connection, &str, &str) -> std::result::Result<bool, BuildDbError>,
+) -> Result<Notification> {
+    let n = find(state, caller, ns, repo, uuid).await?;
+    let (repository, uuid) = (n.repository.clone(), n.uuid.clone());
+    state
+        .builds
+        .write(move |tx| change(tx, &repository, &uuid))
+        .await?;
+    Ok(n)
+}
+
 async fn get_one(
     State(state): State<Shared>,
     Caller(caller): Caller,
@@ -227,12 +248,7 @@ async fn delete(
     Caller(caller): Caller,
     Path((ns, repo, uuid)): Path<(String, String, String)>,
 ) -> Result<StatusCode> {
-    let n = find(&state, caller, &ns, &repo, uuid).await?;
-    let (repository, uuid) = (n.repository.clone(), n.uuid.clone());
-    state
-        .builds
-        .write(move |tx| model::delete(tx, &repository, &uuid))
-        .await?;
+    let n = find_and_write(&state, caller, &ns, &repo, uuid, model::delete).await?;
     tracing::info!(notification = %n.uuid, repository = %n.repository, "notification deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -243,12 +259,7 @@ async fn reset(
     Caller(caller): Caller,
     Path((ns, repo, uuid)): Path<(String, String, String)>,
 ) -> Result<StatusCode> {
-    let n = find(&state, caller, &ns, &repo, uuid).await?;
-    let (repository, uuid) = (n.repository.clone(), n.uuid.clone());
-    state
-        .builds
-        .write(move |tx| model::reset_failures(tx, &repository, &uuid))
-        .await?;
+    find_and_write(&state, caller, &ns, &repo, uuid, model::reset_failures).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -263,7 +274,7 @@ async fn test(
     let (uuid, event) = (n.uuid.clone(), n.event.clone());
     state
         .builds
-        .write(move |tx| model::queue(tx, &uuid, &event, &data))
+        .write(move |tx| delivery_rows::queue(tx, &uuid, &event, &data))
         .await?;
     Ok(Json(json!({})))
 }

@@ -135,29 +135,36 @@ impl From<QueueError> for TriggerApiError {
     }
 }
 
-impl From<crate::db::BuildDbError> for TriggerApiError {
-    fn from(e: crate::db::BuildDbError) -> Self {
-        TriggerApiError::Api(e.into())
-    }
+/// The `From` impls that forward the errors every API handler meets (builds database,
+/// registry-core's database, accounts, `/api/v1` errors) through [`BuildApiError`] into the
+/// `Api` variant of an error type that wraps it. Shared by the trigger and notification APIs.
+macro_rules! forward_to_build_api {
+    ($t:ty) => {
+        impl From<$crate::db::BuildDbError> for $t {
+            fn from(e: $crate::db::BuildDbError) -> Self {
+                Self::Api(e.into())
+            }
+        }
+        impl From<registry_core::accounts::AccountError> for $t {
+            fn from(e: registry_core::accounts::AccountError) -> Self {
+                Self::Api(e.into())
+            }
+        }
+        impl From<registry_core::db::DbError> for $t {
+            fn from(e: registry_core::db::DbError) -> Self {
+                Self::Api(e.into())
+            }
+        }
+        impl From<registry_core::api::error::ApiV1Error> for $t {
+            fn from(e: registry_core::api::error::ApiV1Error) -> Self {
+                Self::Api(e.into())
+            }
+        }
+    };
 }
+pub(super) use forward_to_build_api;
 
-impl From<registry_core::accounts::AccountError> for TriggerApiError {
-    fn from(e: registry_core::accounts::AccountError) -> Self {
-        TriggerApiError::Api(e.into())
-    }
-}
-
-impl From<registry_core::db::DbError> for TriggerApiError {
-    fn from(e: registry_core::db::DbError) -> Self {
-        TriggerApiError::Api(e.into())
-    }
-}
-
-impl From<registry_core::api::error::ApiV1Error> for TriggerApiError {
-    fn from(e: registry_core::api::error::ApiV1Error) -> Self {
-        TriggerApiError::Api(e.into())
-    }
-}
+forward_to_build_api!(TriggerApiError);
 
 impl TriggerApiError {
     /// The HTTP status.
@@ -199,35 +206,6 @@ impl IntoResponse for TriggerApiError {
         resp
     }
 }
-
-/// The `From` impls that forward the errors every API handler meets (builds database,
-/// registry-core's database, accounts, `/api/v1` errors) through [`BuildApiError`] into the
-/// `Api` variant of an error type that wraps it. Shared by the trigger and notification APIs.
-macro_rules! forward_to_build_api {
-    ($t:ty) => {
-        impl From<$crate::db::BuildDbError> for $t {
-            fn from(e: $crate::db::BuildDbError) -> Self {
-                Self::Api(e.into())
-            }
-        }
-        impl From<registry_core::accounts::AccountError> for $t {
-            fn from(e: registry_core::accounts::AccountError) -> Self {
-                Self::Api(e.into())
-            }
-        }
-        impl From<registry_core::db::DbError> for $t {
-            fn from(e: registry_core::db::DbError) -> Self {
-                Self::Api(e.into())
-            }
-        }
-        impl From<registry_core::api::error::ApiV1Error> for $t {
-            fn from(e: registry_core::api::error::ApiV1Error) -> Self {
-                Self::Api(e.into())
-            }
-        }
-    };
-}
-pub(super) use forward_to_build_api;
 
 #[cfg(test)]
 mod tests {

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use http::StatusCode;
+use registry_core::accounts::credentials::Principal;
 use registry_core::accounts::permissions::Role;
 use registry_core::accounts::tokens::{self, TokenScope};
 use registry_core::accounts::{self, AccountKind};
@@ -44,7 +45,7 @@ pub(super) fn routes(r: Router<Shared>) -> Router<Shared> {
 
 pub(super) async fn authorize(
     state: &Shared,
-    caller: Option<registry_core::accounts::credentials::Principal>,
+    caller: Option<Principal>,
     name: &RepoName,
     need: Role,
 ) -> Result<Access, TriggerApiError> {
@@ -71,6 +72,31 @@ pub(super) async fn load(
             repository: Some(name.to_string()),
         }),
     }
+}
+
+/// The repository `ns/repo`, once `caller` is found to administer it.
+async fn admin_repo(
+    state: &Shared,
+    caller: Principal,
+    ns: &str,
+    repo: &str,
+) -> Result<RepoName, TriggerApiError> {
+    let name = repo_name(ns, repo).map_err(super::BuildApiError::from)?;
+    authorize(state, Some(caller), &name, Role::Admin).await?;
+    Ok(name)
+}
+
+/// [`admin_repo`], then its trigger `uuid` (else 404).
+async fn admin_trigger(
+    state: &Shared,
+    caller: Principal,
+    ns: &str,
+    repo: &str,
+    uuid: &str,
+) -> Result<(RepoName, Trigger), TriggerApiError> {
+    let name = admin_repo(state, caller, ns, repo).await?;
+    let t = load(state, &name, uuid).await?;
+    Ok((name, t))
 }
 
 /// `<scheme>://$token:<token>@<host>/webhooks/push/trigger/<uuid>` (Quay's
@@ -113,8 +139,7 @@ async fn create(
     Path((ns, repo)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response, TriggerApiError> {
-    let name = repo_name(&ns, &repo).map_err(super::BuildApiError::from)?;
-    authorize(&state, Some(caller.clone()), &name, Role::Admin).await?;
+    let name = admin_repo(&state, caller.clone(), &ns, &repo).await?;
     let req: CreateRequest = parse_json(&body)?;
     let service: Service = req.service.trim().parse()?;
     let comment = format!("{} Builder", state.settings.triggers.registry_title);
@@ -148,8 +173,7 @@ async fn list(
     Caller(caller): Caller,
     Path((ns, repo)): Path<(String, String)>,
 ) -> Result<Json<Value>, TriggerApiError> {
-    let name = repo_name(&ns, &repo).map_err(super::BuildApiError::from)?;
-    authorize(&state, Some(caller), &name, Role::Admin).await?;
+    let name = admin_repo(&state, caller, &ns, &repo).await?;
     let repository = name.to_string();
     let all = state
         .builds
@@ -165,9 +189,7 @@ async fn get_one(
     Caller(caller): Caller,
     Path((ns, repo, uuid)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, TriggerApiError> {
-    let name = repo_name(&ns, &repo).map_err(super::BuildApiError::from)?;
-    authorize(&state, Some(caller), &name, Role::Admin).await?;
-    let t = load(&state, &name, &uuid).await?;
+    let (_, t) = admin_trigger(&state, caller, &ns, &repo, &uuid).await?;
     Ok(Json(admin_view(&state, &t)))
 }
 
@@ -188,9 +210,7 @@ async fn activate(
     Path((ns, repo, uuid)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Result<Json<Value>, TriggerApiError> {
-    let name = repo_name(&ns, &repo).map_err(super::BuildApiError::from)?;
-    authorize(&state, Some(caller.clone()), &name, Role::Admin).await?;
-    let t = load(&state, &name, &uuid).await?;
+    let (name, t) = admin_trigger(&state, caller.clone(), &ns, &repo, &uuid).await?;
     let req: ActivateRequest = parse_json(&body)?;
     let checked = activate::check(
         t.service,
@@ -292,8 +312,7 @@ async fn toggle(
     Path((ns, repo, uuid)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Result<Json<Value>, TriggerApiError> {
-    let name = repo_name(&ns, &repo).map_err(super::BuildApiError::from)?;
-    authorize(&state, Some(caller), &name, Role::Admin).await?;
+    let name = admin_repo(&state, caller, &ns, &repo).await?;
     let req: ToggleRequest = parse_json(&body)?;
     let t = load(&state, &name, &uuid).await?;
     if !t.is_active() {
@@ -322,9 +341,7 @@ async fn delete(
     Caller(caller): Caller,
     Path((ns, repo, uuid)): Path<(String, String, String)>,
 ) -> Result<StatusCode, TriggerApiError> {
-    let name = repo_name(&ns, &repo).map_err(super::BuildApiError::from)?;
-    authorize(&state, Some(caller), &name, Role::Admin).await?;
-    let t = load(&state, &name, &uuid).await?;
+    let (name, t) = admin_trigger(&state, caller, &ns, &repo, &uuid).await?;
     // The token first: if the row's deletion then fails, a retry finds the row and finishes.
     let title = store::token_title(&t.uuid);
     state

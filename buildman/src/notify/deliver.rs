@@ -12,8 +12,9 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use registry_core::db::now_ms;
 
+use super::delivery_rows::{self, AfterFailure, Delivery};
 use super::methods::{self, Ctx};
-use super::model::{self, AfterFailure, Delivery};
+use super::model;
 use crate::db::BuildDbError;
 
 /// Attempts of one delivery (Quay's `retries_remaining=5`).
@@ -41,7 +42,7 @@ async fn deliver_one(ctx: &Ctx, retry_base: Duration, d: Delivery) -> Result<boo
         let uuid = n.uuid.clone();
         let dropped = ctx
             .builds
-            .write(move |tx| model::drop_pending(tx, &uuid))
+            .write(move |tx| delivery_rows::drop_pending(tx, &uuid))
             .await?;
         tracing::warn!(notification = %n.uuid, repository = %n.repository, dropped,
             "notification is stopped after repeated failures; dropped its pending deliveries \
@@ -57,7 +58,7 @@ async fn deliver_one(ctx: &Ctx, retry_base: Duration, d: Delivery) -> Result<boo
             if done == methods::Done::Sent {
                 let d2 = d.clone();
                 ctx.builds
-                    .write(move |tx| model::delivered(tx, &d2))
+                    .write(move |tx| delivery_rows::delivered(tx, &d2))
                     .await?;
             }
         }
@@ -67,7 +68,7 @@ async fn deliver_one(ctx: &Ctx, retry_base: Duration, d: Delivery) -> Result<boo
             let (d2, text) = (d.clone(), error.clone());
             let after = ctx
                 .builds
-                .write(move |tx| model::failed(tx, &d2, &text, wait, MAX_ATTEMPTS))
+                .write(move |tx| delivery_rows::failed(tx, &d2, &text, wait, MAX_ATTEMPTS))
                 .await?;
             let (uuid, repo, event) = (&n.uuid, &n.repository, &d.event);
             match after {
@@ -94,7 +95,7 @@ pub async fn round(ctx: &Ctx, retry_base: Duration) -> Result<usize, BuildDbErro
     let lease = ms(ctx.config.send_timeout.saturating_add(LEASE_MARGIN));
     let due = ctx
         .builds
-        .write(move |tx| model::claim(tx, now_ms(), lease, BATCH))
+        .write(move |tx| delivery_rows::claim(tx, now_ms(), lease, BATCH))
         .await?;
     let n = due.len();
     let results = join_all(due.into_iter().map(|d| deliver_one(ctx, retry_base, d))).await;

@@ -6,8 +6,8 @@
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::check::ref_matches;
-use super::model;
 use super::payload::{Urls, build_event_data};
+use super::{delivery_rows, model};
 use crate::db::BuildDbError;
 use crate::events::BuildEvent;
 use crate::model::{self as builds, Phase};
@@ -136,7 +136,7 @@ pub fn dispatch_event(
     );
     for n in model::enabled_for(tx, &build.repository, &name)? {
         if ref_matches(&n.event_config, &data) {
-            model::queue(tx, &n.uuid, &name, &data)?;
+            delivery_rows::queue(tx, &n.uuid, &name, &data)?;
             done.deliveries += 1;
         }
     }
@@ -225,7 +225,7 @@ mod tests {
                 )?
                 .is_none()
             );
-            let due = model::due(tx, i64::MAX, 10)?;
+            let due = delivery_rows::due(tx, i64::MAX, 10)?;
             assert_eq!(due.len(), 2);
             assert_eq!(due[0].payload["build_id"], b.uuid.as_str());
             assert_eq!(due[0].payload["is_manual"], false);

@@ -15,6 +15,7 @@
 
 pub mod check;
 pub mod deliver;
+pub mod delivery_rows;
 pub mod dispatch;
 pub mod inbox;
 pub mod methods;

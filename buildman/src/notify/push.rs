@@ -10,8 +10,8 @@ use registry_core::db::Db;
 use rusqlite::{Connection, OptionalExtension as _, params};
 use serde_json::Value;
 
-use super::model;
 use super::payload::{Urls, repo_push_data};
+use super::{delivery_rows, model};
 use crate::db::BuildDbError;
 
 /// The `buildman_state` name of the cursor.
@@ -166,7 +166,7 @@ pub async fn poll(builds: &Db, registry: &Db, urls: &Urls) -> Result<usize, Buil
             for push in &pushes {
                 let data = repo_push_data(&urls, &push.repository, &push.tags);
                 for n in model::enabled_for(tx, &push.repository, "repo_push")? {
-                    model::queue(tx, &n.uuid, "repo_push", &data)?;
+                    delivery_rows::queue(tx, &n.uuid, "repo_push", &data)?;
                     queued += 1;
                 }
             }

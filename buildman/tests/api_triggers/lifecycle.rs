@@ -39,17 +39,23 @@ async fn builds_sql(f: &Fixture, sql: &'static str) {
         .unwrap();
 }
 
-#[tokio::test]
-async fn another_repositorys_path_finds_no_trigger_and_changes_nothing() {
-    let f = Fixture::new().await;
-    let uuid = create(&f, "custom-git").await;
+/// A custom-git trigger of alice's, activated on `git@h:a/b.git`.
+async fn active_custom_git(f: &Fixture) -> String {
+    let uuid = create(f, "custom-git").await;
     let r = activate(
-        &f,
+        f,
         &uuid,
         json!({"config": {"build_source": "git@h:a/b.git"}}),
     )
     .await;
     assert_eq!(r.status, StatusCode::OK);
+    uuid
+}
+
+#[tokio::test]
+async fn another_repositorys_path_finds_no_trigger_and_changes_nothing() {
+    let f = Fixture::new().await;
+    let uuid = active_custom_git(&f).await;
     let before = f
         .call("GET", &trigger_path(&uuid), Some("alice"), None)
         .await
@@ -138,14 +144,7 @@ async fn a_failed_activation_leaves_no_token() {
 #[tokio::test]
 async fn a_failed_deletion_can_be_retried_and_cleans_up() {
     let f = Fixture::new().await;
-    let uuid = create(&f, "custom-git").await;
-    let r = activate(
-        &f,
-        &uuid,
-        json!({"config": {"build_source": "git@h:a/b.git"}}),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK);
+    let uuid = active_custom_git(&f).await;
     let path = trigger_path(&uuid);
     // registry-core refuses to delete the token: the trigger stays, so a retry can finish.
     let fail = "CREATE TRIGGER keep_tokens BEFORE DELETE ON access_token \

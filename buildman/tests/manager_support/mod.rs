@@ -326,3 +326,52 @@ impl Harness {
 
 /// Long deadline for waits (phases usually change within milliseconds).
 pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A running manager with one executor `a` whose workers only record their start job and never
+/// call in by themselves (the test registers for them), with a registration window of
+/// `registration_timeout`. Returns the harness, the executor and the recorded start jobs.
+pub async fn recording_harness(
+    registration_timeout: Duration,
+) -> (Harness, Arc<FakeExecutor>, Arc<Mutex<Vec<StartJob>>>) {
+    let jobs = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&jobs);
+    let exec = FakeExecutor::new(
+        "a",
+        0,
+        script(move |job, _| {
+            seen.lock().unwrap().push(job);
+            std::future::pending()
+        }),
+    );
+    let mut settings = fast_settings();
+    settings.registration_timeout = registration_timeout;
+    let mut h = Harness::new(settings, vec![Arc::clone(&exec)]).await;
+    h.run();
+    (h, exec, jobs)
+}
+
+/// Submit a build to `REPO` edited by `edit`, wait for its worker's start job in `jobs` (see
+/// [`recording_harness`]), register with it, and return the build and the registration's result.
+pub async fn submit_and_register(
+    h: &Harness,
+    jobs: &Mutex<Vec<StartJob>>,
+    edit: impl FnOnce(&mut NewBuild),
+) -> (Build, Result<buildman_proto::BuildPack, tonic::Status>) {
+    let build = h.submit_with(REPO, edit).await;
+    let job = wait_for("the worker start", WAIT, || async {
+        jobs.lock()
+            .unwrap()
+            .iter()
+            .find(|j| j.build_uuid == build.uuid)
+            .cloned()
+    })
+    .await;
+    let mut client = FakeAgent::client(h.addr).await;
+    let r = client
+        .register_build_job(buildman_proto::BuildJobArgs {
+            register_jwt: job.registration_token,
+        })
+        .await
+        .map(tonic::Response::into_inner);
+    (build, r)
+}

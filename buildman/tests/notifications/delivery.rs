@@ -11,7 +11,8 @@ use http::StatusCode;
 use registry_core::db::now_ms;
 use serde_json::json;
 
-use super::support::{BASE, Fixture, HOST, Mode, Receiver, SmtpSink, eventually};
+use super::driving::{Loops, drained, eventually, make_all_due, round};
+use super::support::{BASE, Fixture, HOST, Mode, Receiver, SmtpSink};
 use super::{LIST, change, failures, local, metadata, pending, pending_all, trigger_build};
 
 #[tokio::test]
@@ -24,8 +25,7 @@ async fn the_running_loops_post_the_exact_event_data_and_templates() {
     f.notification(json!({"event": "build_queued", "method": "webhook", "config": {"url": rx.url,
         "template": r#"{"text": "queued ${build_id} of ${repository}", "tags": "${docker_tags}"}"#}}))
         .await;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let task = notify::spawn(f.parts(Duration::from_secs(30)), stop_rx);
+    let task = Loops::start(&f);
     let (trigger, b) = trigger_build(&f, "bitbucket").await;
     eventually(Duration::from_secs(10), async || {
         (rx.count() == 2).then_some(())
@@ -53,15 +53,8 @@ async fn the_running_loops_post_the_exact_event_data_and_templates() {
         templated.body,
         json!({"text": format!("queued {} of acme/app", b.uuid), "tags": ["main", "latest"]})
     );
-    eventually(Duration::from_secs(5), async || {
-        pending(&f).await.is_empty().then_some(())
-    })
-    .await;
-    stop_tx.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .unwrap()
-        .unwrap();
+    drained(&f).await;
+    task.stop().await;
 }
 
 #[tokio::test]
@@ -86,16 +79,7 @@ async fn failures_back_off_stop_the_notification_at_three_and_reset_restarts_it(
         let d = pending_all(&f).await;
         d.first().cloned()
     };
-    let make_due = || async {
-        f.state
-            .builds
-            .write(|tx| {
-                tx.execute("UPDATE notification_delivery SET available_after = 0", [])
-                    .map_err(buildman::db::BuildDbError::from)
-            })
-            .await
-            .unwrap();
-    };
+    let make_due = || make_all_due(&f);
     let base_ms = i64::try_from(base.as_millis()).unwrap();
     let before = now_ms();
     assert_eq!(deliver::round(&ctx, base).await.unwrap(), 1);
@@ -211,17 +195,12 @@ async fn a_delivery_cut_short_by_a_shutdown_is_sent_after_its_lease_ends() {
         .await;
     f.call("POST", &format!("{LIST}{uuid}/test"), Some("alice"), None)
         .await;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let first = notify::spawn(f.parts(Duration::from_secs(30)), stop_rx);
+    let first = Loops::start(&f);
     eventually(Duration::from_secs(10), async || {
         (rx.count() == 1).then_some(())
     })
     .await;
-    stop_tx.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), first)
-        .await
-        .unwrap()
-        .unwrap();
+    first.stop().await;
     // The attempt was cut short: nothing recorded but the lease (send timeout 5 s + 30 s), which
     // keeps another process from sending it meanwhile.
     let rows = pending_all(&f).await;
@@ -235,31 +214,16 @@ async fn a_delivery_cut_short_by_a_shutdown_is_sent_after_its_lease_ends() {
     );
     assert_eq!(failures(&f, &uuid).await, 0);
     // The lease ends (simulated: rewound), and the next process sends it.
-    f.state
-        .builds
-        .write(|tx| {
-            tx.execute("UPDATE notification_delivery SET available_after = 0", [])
-                .map_err(buildman::db::BuildDbError::from)
-        })
-        .await
-        .unwrap();
+    make_all_due(&f).await;
     rx.set(Mode::Ok);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let second = notify::spawn(f.parts(Duration::from_secs(30)), stop_rx);
+    let second = Loops::start(&f);
     eventually(Duration::from_secs(10), async || {
         (rx.count() == 2).then_some(())
     })
     .await;
-    eventually(Duration::from_secs(5), async || {
-        pending(&f).await.is_empty().then_some(())
-    })
-    .await;
+    drained(&f).await;
     assert_eq!(rx.all()[1].body["updated_tags"], json!(["latest"]));
-    stop_tx.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), second)
-        .await
-        .unwrap()
-        .unwrap();
+    second.stop().await;
 }
 
 #[tokio::test]
@@ -274,9 +238,7 @@ async fn slack_messages_reach_the_receiver_in_slacks_shape() {
     f.call("POST", &format!("{LIST}{uuid}/test"), Some("alice"), None)
         .await;
     let parts = f.parts(Duration::from_secs(30));
-    deliver::round(&notify::context(&parts).unwrap(), parts.settings.retry_base)
-        .await
-        .unwrap();
+    round(&parts).await;
     let body = rx.all().remove(0).body;
     let text = "Build 0123456 for acme/app failed: a sample build error";
     assert_eq!(body["text"], text);
@@ -313,13 +275,7 @@ async fn email_goes_through_smtp_with_subject_and_summary() {
     f.call("POST", &format!("{LIST}{uuid}/test"), Some("alice"), None)
         .await;
     let parts = f.parts(Duration::from_secs(30));
-    let ctx = notify::context(&parts).unwrap();
-    assert_eq!(
-        deliver::round(&ctx, parts.settings.retry_base)
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(round(&parts).await, 1);
     assert!(pending(&f).await.is_empty(), "{:?}", pending_all(&f).await);
     let mail = sink.mails.lock().unwrap().remove(0);
     assert_eq!(mail.from, "<builds@quarry.test>");

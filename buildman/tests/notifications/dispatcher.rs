@@ -5,8 +5,9 @@ use std::time::Duration;
 use buildman::notify;
 use serde_json::json;
 
-use super::support::{Fixture, eventually};
-use super::{local, pending, pending_all, trigger_build};
+use super::driving::eventually;
+use super::support::Fixture;
+use super::{event_rows, local, pending, pending_all, trigger_build};
 
 #[tokio::test]
 async fn a_poison_build_event_is_dropped_and_the_next_one_still_goes_out() {
@@ -33,15 +34,7 @@ async fn a_poison_build_event_is_dropped_and_the_next_one_still_goes_out() {
     let queued = pending(&f).await;
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].payload["build_id"], good.uuid.as_str());
-    let left: i64 = f
-        .state
-        .builds
-        .read(|c| {
-            c.query_row("SELECT COUNT(*) FROM build_event", [], |r| r.get(0))
-                .map_err(buildman::db::BuildDbError::from)
-        })
-        .await
-        .unwrap();
+    let left = event_rows(&f).await;
     assert_eq!(left, 0, "the poison event is deleted");
 }
 

@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use buildman::notify::{self, deliver};
+use buildman::notify;
 use http::StatusCode;
 use serde_json::json;
 
+use super::driving::round;
 use super::support::{BASE, Fixture, HOST, Receiver};
 use super::{local, pending};
 
@@ -94,13 +95,7 @@ async fn registry_pushes_become_repo_push_without_replaying_old_ones() {
     push_image(&f, "v1", b"layer two").await;
     notify::dispatch_pending(&parts).await.unwrap();
     notify::dispatch_pending(&parts).await.unwrap();
-    let ctx = notify::context(&parts).unwrap();
-    assert_eq!(
-        deliver::round(&ctx, parts.settings.retry_base)
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(round(&parts).await, 1);
     assert_eq!(
         rx.all().into_iter().map(|r| r.body).collect::<Vec<_>>(),
         vec![

@@ -4,12 +4,13 @@ use std::time::Duration;
 
 use buildman::events::BuildEvent;
 use buildman::model::Phase;
-use buildman::notify::{self, deliver};
+use buildman::notify;
 use http::StatusCode;
 use registry_core::accounts::orgs::{self, TeamRole};
 use registry_core::accounts::permissions::{self, Role};
 use serde_json::{Value, json};
 
+use super::driving::round;
 use super::support::Fixture;
 use super::{LIST, change, pending, pending_all, trigger_build};
 
@@ -31,13 +32,7 @@ async fn in_app_notifications_for_a_user_a_team_and_the_org_admins() {
     change(&f, &b.uuid, Phase::Building, BuildEvent::Start, None).await;
     let parts = f.parts(Duration::from_secs(30));
     notify::dispatch_pending(&parts).await.unwrap();
-    let ctx = notify::context(&parts).unwrap();
-    assert_eq!(
-        deliver::round(&ctx, parts.settings.retry_base)
-            .await
-            .unwrap(),
-        3
-    );
+    assert_eq!(round(&parts).await, 3);
     assert!(pending(&f).await.is_empty(), "{:?}", pending_all(&f).await);
 
     const MINE: &str = "/api/v1/user/notifications";
@@ -55,7 +50,7 @@ async fn in_app_notifications_for_a_user_a_team_and_the_org_admins() {
     let r = f.call("GET", MINE, Some("bob"), None).await;
     assert_eq!(r.json["notifications"], json!([]));
     assert_eq!(
-        f.call("GET", MINE, None, None).await.status,
+        status(&f, "GET", MINE, None).await,
         StatusCode::UNAUTHORIZED
     );
 
@@ -135,12 +130,12 @@ async fn rest_create_list_get_delete_reset_test_with_permissions() {
         json!([f.call("GET", &one, Some("alice"), None).await.json])
     );
     assert_eq!(
-        f.call("GET", &one, Some("carol"), None).await.status,
+        status(&f, "GET", &one, Some("carol")).await,
         StatusCode::FORBIDDEN
     );
     let other = format!("/api/v1/repository/acme/other/notification/{uuid}");
     assert_eq!(
-        f.call("GET", &other, Some("alice"), None).await.status,
+        status(&f, "GET", &other, Some("alice")).await,
         StatusCode::NOT_FOUND
     );
 
@@ -153,29 +148,29 @@ async fn rest_create_list_get_delete_reset_test_with_permissions() {
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].payload["error_message"], "a sample build error");
     assert_eq!(
-        f.call("POST", &one, Some("alice"), None).await.status,
+        status(&f, "POST", &one, Some("alice")).await,
         StatusCode::NO_CONTENT
     );
     assert_eq!(
-        f.call("POST", &one, Some("carol"), None).await.status,
+        status(&f, "POST", &one, Some("carol")).await,
         StatusCode::FORBIDDEN
     );
 
     // Delete takes its deliveries along.
     assert_eq!(
-        f.call("DELETE", &one, Some("carol"), None).await.status,
+        status(&f, "DELETE", &one, Some("carol")).await,
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        f.call("DELETE", &one, Some("alice"), None).await.status,
+        status(&f, "DELETE", &one, Some("alice")).await,
         StatusCode::NO_CONTENT
     );
     assert_eq!(
-        f.call("GET", &one, Some("alice"), None).await.status,
+        status(&f, "GET", &one, Some("alice")).await,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        f.call("DELETE", &one, Some("alice"), None).await.status,
+        status(&f, "DELETE", &one, Some("alice")).await,
         StatusCode::NOT_FOUND
     );
     assert!(pending(&f).await.is_empty());
@@ -281,10 +276,7 @@ async fn the_in_app_list_refuses_repository_scoped_tokens() {
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.json);
     // The user's own token still works.
-    assert_eq!(
-        f.call("GET", MINE, Some("alice"), None).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(status(&f, "GET", MINE, Some("alice")).await, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -352,13 +344,7 @@ async fn in_app_recipients_must_read_the_repository_at_creation_and_delivery() {
     change(&f, &b.uuid, Phase::Building, BuildEvent::Start, None).await;
     let parts = f.parts(Duration::from_secs(30));
     notify::dispatch_pending(&parts).await.unwrap();
-    let ctx = notify::context(&parts).unwrap();
-    assert_eq!(
-        deliver::round(&ctx, parts.settings.retry_base)
-            .await
-            .unwrap(),
-        2
-    );
+    assert_eq!(round(&parts).await, 2);
     assert!(pending(&f).await.is_empty(), "{:?}", pending_all(&f).await);
     const MINE: &str = "/api/v1/user/notifications";
     let r = f.call("GET", MINE, Some("carol"), None).await;
@@ -371,4 +357,9 @@ async fn in_app_recipients_must_read_the_repository_at_creation_and_delivery() {
             "{user}"
         );
     }
+}
+
+/// The status of `f.call(method, uri, user)` with no body.
+async fn status(f: &Fixture, method: &str, uri: &str, user: Option<&str>) -> StatusCode {
+    f.call(method, uri, user, None).await.status
 }

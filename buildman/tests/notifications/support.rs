@@ -3,7 +3,7 @@
 //! receiver on 127.0.0.1 and a tiny SMTP sink.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use buildman::api::{ApiSettings, ApiState};
@@ -236,24 +236,6 @@ impl Fixture {
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
         r.json["uuid"].as_str().unwrap().to_owned()
-    }
-}
-
-/// Poll `check` until it returns `Some`, failing after `within`.
-pub(crate) async fn eventually<T>(
-    within: Duration,
-    mut check: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "condition not met within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use buildman::notify::{self, deliver, model as nmodel};
+use buildman::notify::{self, delivery_rows, model as nmodel};
 use serde_json::json;
 
+use super::driving::round;
 use super::support::{Fixture, Receiver};
 use super::{failures, local, pending_all};
 
@@ -27,7 +28,7 @@ async fn raw_webhook(f: &Fixture, url: &str) -> String {
                     created_by: "alice".into(),
                 },
             )?;
-            nmodel::queue(tx, &n.uuid, "repo_push", &json!({"repository": "acme/app"}))?;
+            delivery_rows::queue(tx, &n.uuid, "repo_push", &json!({"repository": "acme/app"}))?;
             Ok::<_, buildman::db::BuildDbError>(n.uuid)
         })
         .await
@@ -65,13 +66,7 @@ async fn local_targets_in_any_spelling_are_refused_at_delivery() {
         uuids.push(raw_webhook(&f, url).await);
     }
     let parts = f.parts(Duration::from_secs(30));
-    let ctx = notify::context(&parts).unwrap();
-    assert_eq!(
-        deliver::round(&ctx, parts.settings.retry_base)
-            .await
-            .unwrap(),
-        urls.len()
-    );
+    assert_eq!(round(&parts).await, urls.len());
     assert_eq!(rx.count(), 0, "nothing reached the local receiver");
     for (url, uuid) in urls.iter().zip(&uuids) {
         assert_eq!(failures(&f, uuid).await, 1, "{url}");
@@ -96,10 +91,7 @@ async fn local_targets_in_any_spelling_are_refused_at_delivery() {
         raw_webhook(&open, url).await;
     }
     let parts = open.parts(Duration::from_secs(30));
-    let ctx = notify::context(&parts).unwrap();
-    deliver::round(&ctx, parts.settings.retry_base)
-        .await
-        .unwrap();
+    round(&parts).await;
     assert_eq!(rx.count(), 4, "{:?}", pending_all(&open).await);
 }
 

@@ -14,8 +14,8 @@ use rusqlite::Connection;
 use serde_json::Value;
 
 use super::{Ctx, MethodError};
+use crate::notify::delivery_rows::{self, Delivery};
 use crate::notify::inbox;
-use crate::notify::model::{self, Delivery};
 
 /// Why a `target` is refused.
 #[derive(Debug, thiserror::Error)]
@@ -226,7 +226,7 @@ pub async fn deliver(ctx: &Ctx, delivery: &Delivery) -> Result<(), MethodError> 
     ctx.builds
         .write(move |tx| {
             inbox::add(tx, &who, &d.event, &d.payload)?;
-            model::delivered(tx, &d).map_err(MethodError::from)
+            delivery_rows::delivered(tx, &d).map_err(MethodError::from)
         })
         .await
 }

@@ -10,7 +10,7 @@ use std::str::FromStr;
 use registry_core::db::Db;
 use serde_json::Value;
 
-use super::model::Delivery;
+use super::delivery_rows::Delivery;
 use super::target::TargetError;
 use super::template::TemplateError;
 use crate::config::NotificationConfig;
