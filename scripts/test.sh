@@ -131,8 +131,12 @@ summary() {
     printf '%-26s %-9s %10s\n' "total" "" "$(fmt_ms $(($(now_ms) - START)))"
 }
 
+# Free space where the tests put their data: CI machines have been seen with well under 1 GiB
+# left once the workspace is built, so each tier's line says how much there was.
+disk_free() { df -Pm "${TMPDIR:-/tmp}" | awk 'NR == 2 { print $4 " MiB free in " $6 }'; }
+
 START="$(now_ms)"
-echo "quarry tests: $(rustc --version 2>/dev/null || echo 'rustc missing'), $(nproc) cpus, target dir ${CARGO_TARGET_DIR:-target}"
+echo "quarry tests: $(rustc --version 2>/dev/null || echo 'rustc missing'), $(nproc) cpus, target dir ${CARGO_TARGET_DIR:-target}, $(disk_free)"
 
 if ((INSTALL)); then
     scripts/install-deps.sh
@@ -153,7 +157,7 @@ for t in "${ALL_TIERS[@]}"; do
     set -e
     if ((rc == 0)); then STATUS[$t]=ok; else STATUS[$t]=FAILED; fi
     ELAPSED[$t]="$(fmt_ms $(($(now_ms) - t0)))"
-    echo "=== tier ${TIER_LABEL[$t]}: ${STATUS[$t]} in ${ELAPSED[$t]} ==="
+    echo "=== tier ${TIER_LABEL[$t]}: ${STATUS[$t]} in ${ELAPSED[$t]} ($(disk_free)) ==="
     if [[ "${STATUS[$t]}" == FAILED ]]; then
         summary
         echo "test: FAILED in tier ${TIER_LABEL[$t]}" >&2

@@ -29,6 +29,9 @@ use common::redis::RedisServer;
 use common::sources;
 use serde_json::{Value, json};
 
+/// `VM_MIN_FREE_SPACE` for these tests: CI machines have been seen with well under the 1G
+/// default free once the workspace is built, and the test builds write a few tens of MiB.
+const MIN_FREE: &str = "128M";
 /// Builds under software emulation are slow: a generous bound.
 const VM_BUILD_DEADLINE: Duration = Duration::from_secs(900);
 
@@ -193,6 +196,7 @@ async fn build_runs_in_the_guest_kernel_isolated_and_debuggable_over_ssh() {
              \x20     SSH_AUTHORIZED_KEYS: [\"{public}\"]\n\
              \x20     SSH_PORT: {ssh_base}\n\
              \x20     VOLUME_SIZE: 4G\n\
+             \x20     VM_MIN_FREE_SPACE: {MIN_FREE}\n\
              \x20     VM_MEMORY: 2G\n\
              \x20     MAX_LIFETIME_S: 1800\n"
         ),
@@ -308,6 +312,7 @@ async fn vm_killed_mid_build_is_retried_on_popen_and_leaves_nothing() {
              \x20     SSH_AUTHORIZED_KEYS: [\"{public}\"]\n\
              \x20     SSH_PORT: {ssh_base}\n\
              \x20     VOLUME_SIZE: 4G\n\
+             \x20     VM_MIN_FREE_SPACE: {MIN_FREE}\n\
              \x20   - EXECUTOR: popen\n\
              \x20     BUILDER_BINARY_LOCATION: {agent}\n",
             agent = agent_binary().display()

@@ -51,6 +51,8 @@ fn settings(root: &Path) -> (ExecutorSettings, QemuOptions) {
     };
     o.vm.memory_bytes = 512 << 20;
     o.vm.cpus = 1;
+    // CI machines have been seen with under 1 GiB free once the workspace is built.
+    o.vm.min_free_bytes = 128 << 20;
     o.vm.ssh_port = free_tcp_port();
     (s, o)
 }

@@ -25,6 +25,7 @@ pub(super) const QEMU_KEYS: &[&str] = &[
     "SSH_PORT",
     "SSH_BIND_ADDRESS",
     "VM_RUN_AS",
+    "VM_MIN_FREE_SPACE",
 ];
 
 /// Default `QEMU_BINARY`, looked up in `PATH`.
@@ -35,6 +36,8 @@ pub(super) const DEFAULT_VM_MEMORY: u64 = 2 << 30;
 pub(super) const DEFAULT_VM_CPUS: u32 = 2;
 /// Default `SSH_PORT`: the first host port forwarded to a debug VM's SSH server.
 pub(super) const DEFAULT_SSH_PORT: u16 = 2222;
+/// Default `VM_MIN_FREE_SPACE`: 1 GiB.
+pub(super) const DEFAULT_VM_MIN_FREE_SPACE: u64 = 1 << 30;
 /// The smallest `VM_MEMORY` the guest (kernel, podman, the agent) boots and builds in.
 const MIN_VM_MEMORY: u64 = 256 << 20;
 
@@ -67,6 +70,11 @@ pub struct QemuSettings {
     /// `None` (unset): `nobody` when buildman runs as root, no drop otherwise; `Some("")`: no
     /// drop. The executor resolves it at start and checks that the user exists.
     pub run_as: Option<String>,
+    /// `VM_MIN_FREE_SPACE` in bytes (default 1G): a VM starts only when the work directory's
+    /// filesystem has this much free. Not `VOLUME_SIZE`: the scratch disk is sparse and a
+    /// check at start reserves nothing, so demanding its full size refused builds on hosts
+    /// with room for them.
+    pub min_free_bytes: u64,
 }
 
 impl Default for QemuSettings {
@@ -83,6 +91,7 @@ impl Default for QemuSettings {
             ssh_port: DEFAULT_SSH_PORT,
             ssh_bind_address: IpAddr::from([127, 0, 0, 1]),
             run_as: None,
+            min_free_bytes: DEFAULT_VM_MIN_FREE_SPACE,
         }
     }
 }
@@ -148,6 +157,9 @@ impl QemuSettings {
             ssh_port: r.port(ctx, "SSH_PORT").unwrap_or(d.ssh_port),
             ssh_bind_address: ssh_bind_address.unwrap_or(d.ssh_bind_address),
             run_as: r.string(ctx, "VM_RUN_AS").map(|s| s.trim().to_owned()),
+            min_free_bytes: r
+                .size(ctx, "VM_MIN_FREE_SPACE")
+                .map_or(d.min_free_bytes, |s| s.bytes()),
         }
     }
 }
@@ -210,6 +222,7 @@ mod tests {
         assert_eq!(e.qemu.network, NetworkMode::Restricted);
         assert_eq!((e.qemu.accel, e.qemu.machine), (None, None));
         assert_eq!(e.qemu.ssh_port, 2222);
+        assert_eq!(e.qemu.min_free_bytes, 1 << 30);
         assert_eq!(e.qemu.ssh_bind_address.to_string(), "127.0.0.1");
     }
 
@@ -219,7 +232,7 @@ mod tests {
             "EXECUTOR: qemu\nVM_IMAGE: /srv/img\nQEMU_BINARY: /opt/q\nVM_MEMORY: 512M\n\
              VM_CPUS: 1\nVM_ACCEL: tcg\nVM_MACHINE: q35\nVM_NETWORK: user\n\
              VM_DNS_SERVERS: [1.1.1.1]\nSSH_PORT: 3000\nSSH_BIND_ADDRESS: 0.0.0.0\n\
-             VOLUME_SIZE: 4G\nVM_RUN_AS: qemu\n",
+             VOLUME_SIZE: 4G\nVM_RUN_AS: qemu\nVM_MIN_FREE_SPACE: 300M\n",
         );
         assert!(ctx.problems.is_empty(), "{:?}", problems(&ctx));
         let q = e.unwrap().qemu;
@@ -234,6 +247,7 @@ mod tests {
         assert_eq!(q.ssh_port, 3000);
         assert_eq!(q.ssh_bind_address.to_string(), "0.0.0.0");
         assert_eq!(q.run_as.as_deref(), Some("qemu"));
+        assert_eq!(q.min_free_bytes, 300 << 20);
         let (e, ctx) = parse("EXECUTOR: qemu\nVM_RUN_AS: ''\n");
         assert_eq!(
             e.unwrap().qemu.run_as.as_deref(),

@@ -51,18 +51,19 @@ pub enum QemuError {
         /// The user.
         user: String,
     },
-    /// Too little free space for another VM's scratch disk.
+    /// Too little free space on the work root to start another VM.
     #[error(
-        "not enough free space in {dir:?} for a VM: {free} bytes free, VOLUME_SIZE ({volume_size} \
-         bytes) plus 1 GiB needed: free space there, lower VOLUME_SIZE or wait for running builds"
+        "not enough free space in {dir:?} for a VM: {free} bytes free, VM_MIN_FREE_SPACE \
+         ({min_free} bytes) needed: free space there, wait for running builds or lower \
+         VM_MIN_FREE_SPACE"
     )]
     DiskSpace {
         /// The work root.
         dir: PathBuf,
         /// Bytes available to buildman there.
         free: u64,
-        /// `VOLUME_SIZE` in bytes.
-        volume_size: u64,
+        /// `VM_MIN_FREE_SPACE` in bytes.
+        min_free: u64,
     },
     /// The free space of the work root could not be read.
     #[error("failed to read the free space of {dir:?}: check that the work directory exists")]

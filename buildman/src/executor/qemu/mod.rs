@@ -278,7 +278,7 @@ impl Executor for QemuExecutor {
     async fn start_builder(&self, job: &StartJob) -> Result<String, ExecutorError> {
         super::check_build_uuid(&job.build_uuid)?;
         let root = &self.settings.work_root;
-        check_space(root, free_space(root)?, self.options.volume_size_bytes)?;
+        check_space(root, free_space(root)?, self.options.vm.min_free_bytes)?;
         let detection = self.detection().await?;
         self.launch(job, &detection).await
     }
