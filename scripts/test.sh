@@ -24,8 +24,11 @@ the first failing tier (exit 1, naming it):
   --tier NAME   run only this tier (repeatable); the order above is kept
   --help        show this help
 
-Environment: CARGO_TARGET_DIR (default target/), QUARRY_STEP_TIMEOUT (seconds one cargo
-command may take, default 1800), and anything cargo test honours (RUST_TEST_THREADS, ...).
+Environment: CARGO_TARGET_DIR (default target/), TMPDIR (default /tmp), QUARRY_CACHE_DIR
+(default ~/.cache/quarry), QUARRY_STEP_TIMEOUT (seconds one cargo command may take, default
+1800), QUARRY_TEST_SCRATCH (where build output, test data and the cache go when their default
+places lack room, default /dev/shm/quarry-test; "no" turns that off), and anything cargo test
+honours (RUST_TEST_THREADS, ...).
 EOF
 }
 
@@ -135,7 +138,48 @@ summary() {
 # left once the workspace is built, so each tier's line says how much there was.
 disk_free() { df -Pm "${TMPDIR:-/tmp}" | awk 'NR == 2 { print $4 " MiB free in " $6 }'; }
 
+# free_mib PATH: MiB free on the file system that holds PATH (or its nearest existing parent).
+free_mib() {
+    local p="$1"
+    while [[ ! -e "$p" ]]; do p="$(dirname "$p")"; done
+    df -Pm "$p" | awk 'NR == 2 { print $4 }'
+}
+
+# Scratch space, in MiB: a full cold run (2026-11-28) peaked at 7700 in the cargo target dir, 1320
+# in QUARRY_CACHE_DIR (VM image and its debootstrap tarballs, fuzz corpus) and under 100 in TMPDIR
+# (registries, podman storage and sparse VM disks of the running tests); NEED_* add a margin.
+# CI machines have been seen with 110 MiB free on /, where not even lint compiles. Each of the
+# three that the caller did not set, and whose default place lacks its room, moves under
+# QUARRY_TEST_SCRATCH (default /dev/shm/quarry-test: the RAM-backed tmpfs, as large as memory on
+# our machines) when that has room for it, and the run says so. Set the variables yourself (or
+# QUARRY_TEST_SCRATCH=no) to keep everything where it is.
+NEED_TARGET=9000 NEED_TMP=2000 NEED_CACHE=3000
+use_scratch() {
+    local scratch="${QUARRY_TEST_SCRATCH:-/dev/shm/quarry-test}" var need default sub have
+    [[ "$scratch" == no ]] && return 0
+    for var in CARGO_TARGET_DIR TMPDIR QUARRY_CACHE_DIR; do
+        [[ -n "${!var:-}" ]] && continue
+        case "$var" in
+            CARGO_TARGET_DIR) need=$NEED_TARGET default="$PWD/target" sub=target ;;
+            TMPDIR) need=$NEED_TMP default=/tmp sub=tmp ;;
+            QUARRY_CACHE_DIR) need=$NEED_CACHE default="${XDG_CACHE_HOME:-$HOME/.cache}/quarry" sub=cache ;;
+        esac
+        have="$(free_mib "$default")"
+        # Already there (a warm cache or target dir) counts as room.
+        if [[ -d "$default" ]]; then have=$((have + $(du -sm "$default" | cut -f1))); fi
+        ((have >= need)) && continue
+        if (($(free_mib "$scratch") < need)); then
+            echo "test: $default has $have MiB free, $need needed, and $scratch has no more room; continuing there" >&2
+            continue
+        fi
+        mkdir -p "$scratch/$sub"
+        export "$var=$scratch/$sub"
+        echo "test: $default has $have MiB free, $need MiB needed: $var=${!var}"
+    done
+}
+
 START="$(now_ms)"
+use_scratch
 echo "quarry tests: $(rustc --version 2>/dev/null || echo 'rustc missing'), $(nproc) cpus, target dir ${CARGO_TARGET_DIR:-target}, $(disk_free)"
 
 if ((INSTALL)); then

@@ -117,18 +117,15 @@ pub const SECURITY_MIRROR: &str = "http://deb.debian.org/debian-security";
 fn upgrade(tree: &Path, suite: &str, mirror: &str) -> Result<(), RootfsError> {
     let list = tree.join("etc/apt/sources.list");
     std::fs::write(&list, sources_list(suite, mirror)).map_err(io("writing", &list))?;
-    Cmd::new("chroot")
-        .arg(tree)
+    Cmd::chroot(tree)
         .args(["apt-get", "update"])
         .output()
         .map_err(tool("apt-get update in the base tree"))?;
-    Cmd::new("chroot")
-        .arg(tree)
+    Cmd::chroot(tree)
         .args(["apt-get", "-y", "--no-install-recommends", "upgrade"])
         .output()
         .map_err(tool("apt-get upgrade in the base tree"))?;
-    Cmd::new("chroot")
-        .arg(tree)
+    Cmd::chroot(tree)
         .args(["apt-get", "clean"])
         .output()
         .map_err(tool("apt-get clean in the base tree"))?;
@@ -138,8 +135,7 @@ fn upgrade(tree: &Path, suite: &str, mirror: &str) -> Result<(), RootfsError> {
 /// Fails naming every shared library `binary` (a path inside `tree`) needs but the tree lacks,
 /// as the tree's own `ldd` resolves them.
 pub fn check_libraries(tree: &Path, binary: &str) -> Result<(), RootfsError> {
-    let out = Cmd::new("chroot")
-        .arg(tree)
+    let out = Cmd::chroot(tree)
         .args(["/usr/bin/ldd", binary])
         .text()
         .map_err(tool("ldd in the root filesystem"))?;
@@ -316,8 +312,7 @@ pub fn final_tree(
         }
     }
     // The image's own depmod writes the binary indexes its kmod reads.
-    Cmd::new("chroot")
-        .arg(tree)
+    Cmd::chroot(tree)
         .args(["/sbin/depmod", release])
         .output()
         .map_err(tool("depmod in the root filesystem"))?;

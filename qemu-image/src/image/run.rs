@@ -58,6 +58,15 @@ impl Cmd {
         }
     }
 
+    /// `chroot TREE`, to which the command is then added. TMPDIR is reset to `/tmp`: the
+    /// caller's TMPDIR (test.sh may point it at /dev/shm) is a host path the tree lacks, and
+    /// maintainer scripts that honour it (ca-certificates' `mktemp`) fail there.
+    pub(crate) fn chroot(tree: &std::path::Path) -> Cmd {
+        let mut cmd = Cmd::new("chroot").arg(tree);
+        cmd.inner.env("TMPDIR", "/tmp");
+        cmd
+    }
+
     /// Adds one argument.
     pub(crate) fn arg(mut self, arg: impl AsRef<OsStr>) -> Cmd {
         self.inner.arg(arg);
@@ -139,6 +148,16 @@ pub(crate) fn tail(bytes: &[u8], max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chroot_commands_get_the_trees_tmp_not_the_callers() {
+        let cmd = Cmd::chroot(std::path::Path::new("/t")).arg("true");
+        let envs: Vec<_> = cmd.inner.get_envs().collect();
+        assert!(envs.contains(&(OsStr::new("TMPDIR"), Some(OsStr::new("/tmp")))));
+        let args: Vec<_> = cmd.inner.get_args().collect();
+        assert_eq!(args, ["/t", "true"]);
+        assert_eq!(cmd.inner.get_program(), "chroot");
+    }
 
     #[test]
     fn tail_keeps_the_end_and_respects_char_boundaries() {
